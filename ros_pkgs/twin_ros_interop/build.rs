@@ -8,7 +8,9 @@ fn main() {
         std::env::var("TWINLINK_PYTHON_LIBDIR"),
         std::env::var("TWINLINK_PYTHON_VERSION"),
     ) {
-        println!("cargo:rustc-link-search=native={dir}");
-        println!("cargo:rustc-link-lib=dylib=python{version}");
+        // --no-as-needed: nothing in the binary refers to libpython itself, only librcl's
+        // dependencies do, so the linker would otherwise drop it.
+        println!("cargo:rustc-link-arg=-L{dir}");
+        println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lpython{version},--pop-state");
     }
 }
