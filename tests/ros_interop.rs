@@ -27,7 +27,8 @@ fn every_message_type_crosses_both_ways_with_fields_intact() {
         outcome.rclpy.stdout,
         outcome.rclpy.stderr
     );
-    let received = outcome.r2r.report["types"]["twin_msgs/msg/PerceptionSummary"]["matched"].as_u64();
+    let received =
+        outcome.r2r.report["types"]["twin_msgs/msg/PerceptionSummary"]["matched"].as_u64();
     assert_eq!(received, Some(3));
 }
 
@@ -49,6 +50,14 @@ fn a_changed_field_on_one_side_is_detected() {
     )
     .unwrap();
     assert!(!outcome.all_matched());
-    assert!(outcome.rclpy.stderr.contains("target_speed"), "{}", outcome.rclpy.stderr);
-    assert!(outcome.r2r.stderr.contains("Recommendation"), "{}", outcome.r2r.stderr);
+    assert!(
+        outcome.rclpy.stderr.contains("target_speed"),
+        "{}",
+        outcome.rclpy.stderr
+    );
+    assert!(
+        outcome.r2r.stderr.contains("Recommendation"),
+        "{}",
+        outcome.r2r.stderr
+    );
 }

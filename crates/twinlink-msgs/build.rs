@@ -132,14 +132,16 @@ fn load_package(dir: &Path, name: &str, packages: &mut BTreeMap<String, Package>
 fn check_references(packages: &BTreeMap<String, Package>) {
     let known: BTreeSet<(String, String)> = packages
         .iter()
-        .flat_map(|(p, pkg)| pkg.messages.iter().map(move |m| (p.clone(), m.name.clone())))
+        .flat_map(|(p, pkg)| {
+            pkg.messages
+                .iter()
+                .map(move |m| (p.clone(), m.name.clone()))
+        })
         .collect();
     let all_defs = packages.values().flat_map(|pkg| {
-        pkg.messages.iter().chain(
-            pkg.services
-                .iter()
-                .flat_map(|s| [&s.request, &s.response]),
-        )
+        pkg.messages
+            .iter()
+            .chain(pkg.services.iter().flat_map(|s| [&s.request, &s.response]))
     });
     for def in all_defs {
         for field in &def.fields {
@@ -325,7 +327,7 @@ fn generate_message(def: &MessageDef, kind: &str, rust_name: &str) -> String {
     // Default honours the defaults written in the .msg file.
     writeln!(
         out,
-        "impl Default for {rust_name} {{\nfn default() -> Self {{\nSelf {{"
+        "#[allow(clippy::derivable_impls)]\nimpl Default for {rust_name} {{\nfn default() -> Self {{\nSelf {{"
     )
     .unwrap();
     for field in &fields {

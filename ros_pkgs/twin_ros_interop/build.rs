@@ -11,6 +11,8 @@ fn main() {
         // --no-as-needed: nothing in the binary refers to libpython itself, only librcl's
         // dependencies do, so the linker would otherwise drop it.
         println!("cargo:rustc-link-arg=-L{dir}");
-        println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lpython{version},--pop-state");
+        println!(
+            "cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lpython{version},--pop-state"
+        );
     }
 }

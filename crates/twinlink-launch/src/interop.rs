@@ -90,20 +90,38 @@ pub fn run_exchange_with_peer_fixture(
     let fixture_path = work_dir.join("fixture.json");
     std::fs::write(&fixture_path, serde_json::to_string_pretty(fixture)?)?;
     let peer_fixture_path = work_dir.join("peer_fixture.json");
-    std::fs::write(&peer_fixture_path, serde_json::to_string_pretty(peer_fixture)?)?;
+    std::fs::write(
+        &peer_fixture_path,
+        serde_json::to_string_pretty(peer_fixture)?,
+    )?;
     let isolation = Isolation::new("interop");
     let timeout_s = timeout.as_secs_f64().to_string();
     let r2r_report = work_dir.join("r2r_report.json");
     let py_report = work_dir.join("rclpy_report.json");
 
     let mut node = Command::new(workspace_binary("twin_interop_node")?);
-    node.args(["--fixture", path_str(&fixture_path)?, "--namespace", &isolation.namespace])
-        .args(["--report", path_str(&r2r_report)?, "--timeout-s", &timeout_s]);
+    node.args([
+        "--fixture",
+        path_str(&fixture_path)?,
+        "--namespace",
+        &isolation.namespace,
+    ])
+    .args([
+        "--report",
+        path_str(&r2r_report)?,
+        "--timeout-s",
+        &timeout_s,
+    ]);
     isolation.apply(&mut node);
     let python = std::env::var("TWINLINK_PYTHON").context("TWINLINK_PYTHON is not set")?;
     let mut peer = Command::new(python);
     peer.arg(peer_script())
-        .args(["--fixture", path_str(&peer_fixture_path)?, "--namespace", &isolation.namespace])
+        .args([
+            "--fixture",
+            path_str(&peer_fixture_path)?,
+            "--namespace",
+            &isolation.namespace,
+        ])
         .args(["--report", path_str(&py_report)?, "--timeout-s", &timeout_s]);
     isolation.apply(&mut peer);
 
@@ -130,10 +148,13 @@ fn side(
     log: &str,
 ) -> Result<SideReport> {
     let report = match std::fs::read_to_string(report) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is not JSON", report.display()))?,
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", report.display()))?,
         Err(_) => Value::Null,
     };
-    let read = |ext: &str| std::fs::read_to_string(work_dir.join(format!("{log}.{ext}"))).unwrap_or_default();
+    let read = |ext: &str| {
+        std::fs::read_to_string(work_dir.join(format!("{log}.{ext}"))).unwrap_or_default()
+    };
     Ok(SideReport {
         exited_ok: status.is_some_and(|s| s.success()),
         report,

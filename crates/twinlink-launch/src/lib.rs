@@ -120,7 +120,10 @@ pub fn workspace_root() -> PathBuf {
 /// sibling binaries of the workspace are built.
 pub fn profile_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

@@ -36,7 +36,9 @@ impl Default for DecodeLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The buffer cannot even hold the encapsulation header.
-    #[error("{type_name}: buffer of {len} bytes is shorter than the 4-byte CDR encapsulation header")]
+    #[error(
+        "{type_name}: buffer of {len} bytes is shorter than the 4-byte CDR encapsulation header"
+    )]
     MissingHeader {
         /// Expected message type.
         type_name: &'static str,
@@ -167,7 +169,10 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
 }
 
 /// Decodes a ROS 2 serialized message, refusing buffers over `limits`.
-pub fn decode_with_limits<M: Message>(bytes: &[u8], limits: &DecodeLimits) -> Result<M, DecodeError> {
+pub fn decode_with_limits<M: Message>(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<M, DecodeError> {
     let type_name = M::TYPE_NAME;
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::MissingHeader {
@@ -285,7 +290,9 @@ mod tests {
             stamp: crate::builtin_interfaces::msg::Time { sec: 1, nanosec: 2 },
             frame_id: "ab".into(),
         };
-        let be = [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, b'a', b'b', 0];
+        let be = [
+            0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, b'a', b'b', 0,
+        ];
         assert_eq!(decode::<Header>(&be).unwrap(), header);
     }
 
@@ -320,8 +327,10 @@ mod tests {
 
     #[test]
     fn rejects_invalid_values() {
-        let mut cloud = PointCloud2::default();
-        cloud.is_dense = true;
+        let cloud = PointCloud2 {
+            is_dense: true,
+            ..Default::default()
+        };
         let mut bytes = encode(&cloud).unwrap();
         let last = bytes.len() - 1;
         bytes[last] = 7; // is_dense must be 0 or 1

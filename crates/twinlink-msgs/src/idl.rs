@@ -376,12 +376,13 @@ pub fn parse_message(
             continue;
         }
         header_done = true;
-        let (type_token, rest) = content
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| ParseError {
-                line,
-                message: format!("`{content}` needs a type and a name"),
-            })?;
+        let (type_token, rest) =
+            content
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| ParseError {
+                    line,
+                    message: format!("`{content}` needs a type and a name"),
+                })?;
         let rest = rest.trim();
         let (base, arity) = parse_type(type_token, package, line)?;
         // Constant: NAME=VALUE (spaces around `=` allowed).

@@ -41,8 +41,8 @@ where
             M::TYPE_NAME
         ));
     }
-    let ours_from_rcl: M = codec::decode(&theirs)
-        .map_err(|e| format!("twinlink cannot decode rcl's bytes: {e}"))?;
+    let ours_from_rcl: M =
+        codec::decode(&theirs).map_err(|e| format!("twinlink cannot decode rcl's bytes: {e}"))?;
     if &ours_from_rcl != value {
         return Err(format!(
             "{}: twinlink decoded rcl's bytes to a different value:\n  expected {value:?}\n  got      {ours_from_rcl:?}",
@@ -53,7 +53,9 @@ where
 }
 
 /// Moves a value between the twinlink and r2r type systems through JSON.
-pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: &A) -> Result<B, String> {
+pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    value: &A,
+) -> Result<B, String> {
     let json = serde_json::to_value(value).map_err(|e| format!("to JSON: {e}"))?;
     serde_json::from_value(json).map_err(|e| format!("from JSON: {e}"))
 }
@@ -120,8 +122,12 @@ where
             hex_around(wire, at)
         ));
     }
-    let rcl: R = R::from_serialized_bytes(wire)
-        .map_err(|e| format!("{}: rcl cannot decode the received bytes: {e}", M::TYPE_NAME))?;
+    let rcl: R = R::from_serialized_bytes(wire).map_err(|e| {
+        format!(
+            "{}: rcl cannot decode the received bytes: {e}",
+            M::TYPE_NAME
+        )
+    })?;
     let rcl_expected: R = convert(&expected)?;
     if rcl != rcl_expected {
         return Err(format!("{}: rcl decoded a different value", M::TYPE_NAME));

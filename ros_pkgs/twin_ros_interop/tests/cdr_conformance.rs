@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use rand::SeedableRng;
-use twinlink_msgs::testing::RandomValue;
 use twin_ros_interop::check_against_rcl;
+use twinlink_msgs::testing::RandomValue;
 
 macro_rules! conformance_tests {
     ($( [ $($segment:ident)::+ ] ),* $(,)?) => {
@@ -53,10 +53,16 @@ fn every_twin_msgs_interface_file_is_covered() {
             let names = if kind == "msg" {
                 vec![format!("twin_msgs/msg/{stem}")]
             } else {
-                vec![format!("twin_msgs/srv/{stem}_Request"), format!("twin_msgs/srv/{stem}_Response")]
+                vec![
+                    format!("twin_msgs/srv/{stem}_Request"),
+                    format!("twin_msgs/srv/{stem}_Response"),
+                ]
             };
             for name in names {
-                assert!(COVERED.contains(&name.as_str()), "{name} has no conformance test");
+                assert!(
+                    COVERED.contains(&name.as_str()),
+                    "{name} has no conformance test"
+                );
             }
         }
     }

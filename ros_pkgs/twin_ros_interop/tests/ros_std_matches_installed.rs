@@ -5,10 +5,17 @@ use std::path::{Path, PathBuf};
 use twinlink_msgs::idl::{self, MessageDef};
 
 fn installed_definition(package: &str, file: &str) -> Option<PathBuf> {
-    let prefixes = std::env::var("AMENT_PREFIX_PATH").expect("AMENT_PREFIX_PATH is set by scripts/env.sh");
+    let prefixes =
+        std::env::var("AMENT_PREFIX_PATH").expect("AMENT_PREFIX_PATH is set by scripts/env.sh");
     prefixes
         .split(':')
-        .map(|p| Path::new(p).join("share").join(package).join("msg").join(file))
+        .map(|p| {
+            Path::new(p)
+                .join("share")
+                .join(package)
+                .join("msg")
+                .join(file)
+        })
         .find(|p| p.exists())
 }
 
@@ -18,7 +25,10 @@ fn signature(def: &MessageDef) -> (Vec<String>, Vec<String>) {
         .fields
         .iter()
         .map(|f| {
-            let default = f.default.as_deref().map(|d| d.parse::<f64>().map_or(d.to_string(), |n| n.to_string()));
+            let default = f
+                .default
+                .as_deref()
+                .map(|d| d.parse::<f64>().map_or(d.to_string(), |n| n.to_string()));
             format!("{} {} {:?} {:?}", f.base, f.name, f.arity, default)
         })
         .collect();
@@ -44,11 +54,19 @@ fn ros_std_matches_installed_ros() {
             let file = file.unwrap().path();
             let name = file.file_name().unwrap().to_string_lossy().to_string();
             let stem = file.file_stem().unwrap().to_string_lossy().to_string();
-            let installed = installed_definition(&package, &name)
-                .unwrap_or_else(|| panic!("{package}/msg/{name} is not installed under AMENT_PREFIX_PATH"));
-            let ours = idl::parse_message(&package, &stem, &std::fs::read_to_string(&file).unwrap(), 1).unwrap();
-            let theirs = idl::parse_message(&package, &stem, &std::fs::read_to_string(&installed).unwrap(), 1)
-                .unwrap_or_else(|e| panic!("{}: {e}", installed.display()));
+            let installed = installed_definition(&package, &name).unwrap_or_else(|| {
+                panic!("{package}/msg/{name} is not installed under AMENT_PREFIX_PATH")
+            });
+            let ours =
+                idl::parse_message(&package, &stem, &std::fs::read_to_string(&file).unwrap(), 1)
+                    .unwrap();
+            let theirs = idl::parse_message(
+                &package,
+                &stem,
+                &std::fs::read_to_string(&installed).unwrap(),
+                1,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", installed.display()));
             assert_eq!(
                 signature(&ours),
                 signature(&theirs),

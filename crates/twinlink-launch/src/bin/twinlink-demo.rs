@@ -39,7 +39,9 @@ fn main() -> Result<()> {
     println!("(every value travels both ways over DDS; each side checks what it receives)\n");
     let started = Instant::now();
     let outcome = interop::run_exchange(&fixture, &args.out, Duration::from_secs(args.timeout_s))?;
-    println!("rclpy -> r2r: received buffers decoded by twinlink's codec and by rcl, bytes compared");
+    println!(
+        "rclpy -> r2r: received buffers decoded by twinlink's codec and by rcl, bytes compared"
+    );
     print!("{}", outcome.r2r.stdout);
     println!("\nr2r -> rclpy: received messages compared field by field");
     print!("{}", outcome.rclpy.stdout);

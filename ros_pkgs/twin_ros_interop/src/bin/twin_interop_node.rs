@@ -79,10 +79,14 @@ fn main() -> Result<()> {
         let support = find(type_name)
             .with_context(|| format!("fixture: {type_name} is not a twinlink message type"))?;
         let depth = values.len().max(1);
-        let qos = QosProfile::default().reliable().transient_local().keep_last(depth);
+        let qos = QosProfile::default()
+            .reliable()
+            .transient_local()
+            .keep_last(depth);
         let suffix = topic_suffix(type_name);
 
-        let publisher = node.create_publisher_untyped(&format!("from_rs/{suffix}"), type_name, qos.clone())?;
+        let publisher =
+            node.create_publisher_untyped(&format!("from_rs/{suffix}"), type_name, qos.clone())?;
         for value in &values {
             publisher
                 .publish(value.clone())
@@ -101,37 +105,40 @@ fn main() -> Result<()> {
         let progress = progress.clone();
         let type_name = type_name.clone();
         spawner.spawn_local(async move {
-                while let Some(bytes) = raw.next().await {
-                    let mut all = progress.lock().unwrap();
-                    let entry = all.get_mut(&type_name).expect("registered above");
-                    let index = entry.received;
-                    entry.received += 1;
-                    entry.bytes += bytes.len();
-                    match values.get(index) {
-                        None => entry
-                            .errors
-                            .push(format!("unexpected extra message #{index}")),
-                        Some(expected) => match support.check_wire(expected, &bytes) {
-                            Ok(()) => entry.matched += 1,
-                            Err(e) => entry.errors.push(format!("message #{index}: {e}")),
-                        },
-                    }
+            while let Some(bytes) = raw.next().await {
+                let mut all = progress.lock().unwrap();
+                let entry = all.get_mut(&type_name).expect("registered above");
+                let index = entry.received;
+                entry.received += 1;
+                entry.bytes += bytes.len();
+                match values.get(index) {
+                    None => entry
+                        .errors
+                        .push(format!("unexpected extra message #{index}")),
+                    Some(expected) => match support.check_wire(expected, &bytes) {
+                        Ok(()) => entry.matched += 1,
+                        Err(e) => entry.errors.push(format!("message #{index}: {e}")),
+                    },
                 }
+            }
         })?;
     }
 
-    let done_qos = QosProfile::default().reliable().transient_local().keep_last(1);
-    let done_publisher = node.create_publisher::<r2r::std_msgs::msg::String>("done/rs", done_qos.clone())?;
+    let done_qos = QosProfile::default()
+        .reliable()
+        .transient_local()
+        .keep_last(1);
+    let done_publisher =
+        node.create_publisher::<r2r::std_msgs::msg::String>("done/rs", done_qos.clone())?;
     let mut peer_done_stream = node.subscribe::<r2r::std_msgs::msg::String>("done/py", done_qos)?;
     let peer_done = Arc::new(Mutex::new(false));
     {
         let peer_done = peer_done.clone();
         spawner.spawn_local(async move {
-                if peer_done_stream.next().await.is_some() {
-                    *peer_done.lock().unwrap() = true;
-                }
-            },
-        )?;
+            if peer_done_stream.next().await.is_some() {
+                *peer_done.lock().unwrap() = true;
+            }
+        })?;
     }
 
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout_s);
@@ -145,7 +152,9 @@ fn main() -> Result<()> {
             .values()
             .all(|p| p.received >= p.expected);
         if complete && !said_done {
-            done_publisher.publish(&r2r::std_msgs::msg::String { data: "done".into() })?;
+            done_publisher.publish(&r2r::std_msgs::msg::String {
+                data: "done".into(),
+            })?;
             said_done = true;
         }
         if complete && *peer_done.lock().unwrap() {
@@ -166,7 +175,10 @@ fn main() -> Result<()> {
     let all = progress.lock().unwrap();
     let mut ok = !timed_out;
     let mut report_types = serde_json::Map::new();
-    println!("{:<40} {:>9} {:>8} {:>9}  wire check (r2r side)", "type", "received", "matched", "bytes");
+    println!(
+        "{:<40} {:>9} {:>8} {:>9}  wire check (r2r side)",
+        "type", "received", "matched", "bytes"
+    );
     for (type_name, p) in all.iter() {
         ok &= p.errors.is_empty() && p.matched == p.expected;
         println!(
@@ -176,7 +188,11 @@ fn main() -> Result<()> {
             p.expected,
             p.matched,
             p.bytes,
-            if p.errors.is_empty() && p.matched == p.expected { "ok" } else { "FAILED" }
+            if p.errors.is_empty() && p.matched == p.expected {
+                "ok"
+            } else {
+                "FAILED"
+            }
         );
         for e in &p.errors {
             eprintln!("  {type_name}: {e}");
@@ -187,7 +203,11 @@ fn main() -> Result<()> {
         );
     }
     if timed_out {
-        eprintln!("timed out after {} s (peer done: {})", args.timeout_s, *peer_done.lock().unwrap());
+        eprintln!(
+            "timed out after {} s (peer done: {})",
+            args.timeout_s,
+            *peer_done.lock().unwrap()
+        );
     }
     if let Some(path) = &args.report {
         let report = json!({"ok": ok, "timed_out": timed_out, "types": report_types});
