@@ -43,9 +43,10 @@ if [ "$prefix" = "$deps/ros" ]; then
   # (4) CMake configs name the wheel build container's Python paths.
   py_inc="$("$prefix/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   np_inc="$("$prefix/bin/python" -c 'import numpy; print(numpy.get_include())')"
-  if grep -rlq '/opt/python/cp311-cp311' "$prefix/share" 2>/dev/null; then
+  stale='/opt/python/cp311-cp311/(include/python3\.11|lib/python3\.11/site-packages/numpy/_core/include)'
+  if grep -rlqE "$stale" "$prefix/share" 2>/dev/null; then
     log "rewriting build-container paths in $prefix/share"
-    grep -rl '/opt/python/cp311-cp311' "$prefix/share" | xargs sed -i \
+    grep -rlE "$stale" "$prefix/share" | xargs sed -i \
       -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_inc#g" \
       -e "s#/opt/python/cp311-cp311/include/python3.11#$py_inc#g"
   fi
@@ -56,7 +57,7 @@ fi
 TWINLINK_ROS_PREFIX="$prefix" source "$root/scripts/env.sh"
 src="$root/msgs/twin_msgs"
 stamp="$TWINLINK_MSGS_PREFIX/.twinlink-twin_msgs.sha256"
-want="$( (cd "$src" && find . -type f | LC_ALL=C sort | xargs sha256sum; echo "$prefix") | sha256sum | cut -d' ' -f1)"
+want="$( (cd "$src" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs sha256sum; echo "$prefix") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "building twin_msgs into $TWINLINK_MSGS_PREFIX"
   build="$deps/build/twin_msgs"

@@ -249,7 +249,7 @@ fn generate_message(def: &MessageDef, kind: &str, rust_name: &str) -> String {
     let type_name = def.type_name(kind);
     let mut fields = def.fields.clone();
     if fields.is_empty() {
-        // rosidl gives an empty message one placeholder byte; the wire format includes it.
+        // rosidl gives an empty message one dummy uint8 member; the wire format includes it.
         fields.push(idl::Field {
             name: "structure_needs_at_least_one_member".into(),
             base: BaseType::Primitive {
