@@ -7,7 +7,7 @@ ENV := source scripts/env.sh &&
 # The end-to-end tests that need ROS 2 are behind this feature of the tests/ package.
 ROS_FEATURES := --features twinlink-e2e/ros
 
-.PHONY: all setup build demo test lint unit fuzz clean help
+.PHONY: all setup build demo test lint unit fuzz bench clean help
 
 all: test
 
@@ -17,6 +17,7 @@ help:
 	@echo "make setup  - install apt packages, ROS 2 Jazzy wheels and build twin_msgs (idempotent)"
 	@echo "make build  - build every crate, ROS ones included"
 	@echo "make fuzz   - fuzz the CDR decoder (FUZZ_SECONDS=60 by default)"
+	@echo "make bench  - run every benchmark (release) and write target/bench/summary.json"
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +39,9 @@ test: lint build
 	else \
 	  cargo test --workspace $(ROS_FEATURES) --no-fail-fast; \
 	fi
+
+bench: setup
+	@$(ENV) scripts/bench.sh
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -47,6 +47,16 @@ impl Supervised {
         }
     }
 
+    /// Asks the process group to stop (SIGTERM), as an operator would; see `wait_timeout`.
+    pub fn terminate(&self) {
+        self.signal_group(libc::SIGTERM);
+    }
+
+    /// The process id of the group leader.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The name given at spawn.
     pub fn name(&self) -> &str {
         &self.name

@@ -1,0 +1,27 @@
+//! The intra-twin link: private, loss-free, two-way synchronization between a vehicle (the
+//! physical entity, PE) and its twin (the digital representative, DR) over Zenoh.
+//!
+//! Layers, bottom up (each is plain Rust with its own tests; only [`link`] does I/O):
+//!
+//! - [`keys`]: every Zenoh key expression, defined once.
+//! - [`crypto`]: key material, Noise `KK` sessions, sealed frames, replay windows.
+//! - [`protocol`]: what a sealed frame carries.
+//! - [`sync`]: outbox with priorities and coalescing, sequence numbers, acknowledgements,
+//!   retransmission, in-order exactly-once delivery.
+//! - [`fault`]: drop, duplicate, reorder, delay, cut and throttle, for tests and demos.
+//! - [`link`]: a link end on a Zenoh session, with presence and key rotation.
+
+pub mod cli;
+pub mod crypto;
+pub mod fault;
+pub mod keys;
+pub mod link;
+pub mod minimal;
+pub mod protocol;
+pub mod sync;
+
+pub use crypto::{KeyMaterial, Rejection};
+pub use fault::{FaultControl, FaultPlan};
+pub use keys::{Role, TwinKeys, VehicleId};
+pub use link::{Link, LinkConfig, LinkEvent, LinkStats, ZenohSettings};
+pub use sync::{Delivered, Message, Priority, PushOutcome};

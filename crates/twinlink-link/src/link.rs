@@ -1,0 +1,1183 @@
+//! A link end over Zenoh: the PE or the DR side of one twin's intra-twin link.
+//!
+//! [`Link::open`] joins Zenoh, declares this end's liveliness token, watches the peer's,
+//! and runs one task that owns all protocol state ([`crate::sync`], [`crate::crypto`],
+//! [`crate::fault`]). The application sends with [`Link::send`] (never blocks; the outbox
+//! coalesces and bounds) and receives [`LinkEvent`]s in order with [`Link::recv`].
+//!
+//! Session life cycle (see ARCHITECTURE.md for the message flow):
+//!
+//! 1. The PE sends a Noise `KK` first message in a Zenoh query to `.../sync`, with its
+//!    [`SyncState`]. It does so at start, when the DR's liveliness token appears, while the
+//!    DR is silent, and when the current session is due for rotation.
+//! 2. The DR answers with the second message and its own [`SyncState`]. The session is
+//!    *pending* at the DR until a frame sealed under it arrives, which proves the PE holds
+//!    the keys; only then does the DR switch to it and apply the PE's [`SyncState`].
+//! 3. Both ends retransmit what the other has not applied and catch up.
+//!
+//! Presence: each end sends a frame at least every `heartbeat`; the peer is gone when no
+//! authentic frame arrived for `peer_timeout` or its liveliness token disappears.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use zenoh::handlers::FifoChannel;
+use zenoh::qos::{CongestionControl, Priority as ZPriority};
+use zenoh::query::{ConsolidationMode, QueryTarget};
+use zenoh::sample::SampleKind;
+
+use crate::crypto::{self, KeyMaterial, Rejection, Session};
+use crate::fault::{FaultControl, FaultLayer, FaultPlan, FaultStats};
+use crate::keys::{Role, TwinKeys};
+use crate::protocol::{self, Envelope, SyncState};
+use crate::sync::{
+    Ack, Delivered, Message, Outbox, OutboxStats, PushOutcome, Receiver, ReceiverStats, Sender,
+    SenderStats,
+};
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// How this end joins Zenoh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZenohSettings {
+    /// `peer` (default) or `client` (through a router).
+    pub mode: String,
+    /// Endpoints to listen on, e.g. `tcp/127.0.0.1:7447`.
+    pub listen: Vec<String>,
+    /// Endpoints to connect to.
+    pub connect: Vec<String>,
+}
+
+impl ZenohSettings {
+    /// Peer mode listening on `listen` (the DR's usual setting).
+    pub fn peer_listening(listen: &str) -> Self {
+        Self {
+            mode: "peer".into(),
+            listen: vec![listen.into()],
+            connect: vec![],
+        }
+    }
+
+    /// Peer mode connecting to `connect` (the PE's usual setting).
+    pub fn peer_connecting(connect: &str) -> Self {
+        Self {
+            mode: "peer".into(),
+            listen: vec![],
+            connect: vec![connect.into()],
+        }
+    }
+
+    /// Client mode through the router at `router`.
+    pub fn client_of(router: &str) -> Self {
+        Self {
+            mode: "client".into(),
+            listen: vec![],
+            connect: vec![router.into()],
+        }
+    }
+
+    /// The Zenoh configuration: explicit endpoints, no multicast scouting, a 1 s link lease
+    /// so that a dead link is noticed within a second.
+    pub fn to_config(&self) -> anyhow::Result<zenoh::Config> {
+        zenoh_config(&self.mode, &self.listen, &self.connect)
+    }
+}
+
+/// A Zenoh configuration with explicit endpoints and no multicast scouting.
+pub fn zenoh_config(
+    mode: &str,
+    listen: &[String],
+    connect: &[String],
+) -> anyhow::Result<zenoh::Config> {
+    if !matches!(mode, "peer" | "client" | "router") {
+        anyhow::bail!("zenoh mode must be peer, client or router, not {mode:?}");
+    }
+    let mut c = zenoh::Config::default();
+    let set = |c: &mut zenoh::Config, key: &str, value: String| {
+        c.insert_json5(key, &value)
+            .map_err(|e| anyhow::anyhow!("zenoh config {key}={value}: {e}"))
+    };
+    set(&mut c, "mode", format!("{mode:?}"))?;
+    set(&mut c, "listen/endpoints", serde_json::to_string(listen)?)?;
+    set(&mut c, "connect/endpoints", serde_json::to_string(connect)?)?;
+    set(&mut c, "scouting/multicast/enabled", "false".into())?;
+    set(&mut c, "transport/link/tx/lease", "1000".into())?;
+    set(&mut c, "transport/link/tx/keep_alive", "4".into())?;
+    Ok(c)
+}
+
+/// Settings of a link end.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This end's keys (they also name the vehicle and the role).
+    pub material: KeyMaterial,
+    /// How to join Zenoh.
+    pub zenoh: ZenohSettings,
+    /// Longest silence before a frame (heartbeat) is sent anyway.
+    pub heartbeat: Duration,
+    /// Silence after which the peer counts as gone.
+    pub peer_timeout: Duration,
+    /// How often the PE retries a handshake while it has no answering DR.
+    pub handshake_retry: Duration,
+    /// Session age after which the PE rotates keys.
+    pub rekey_after: Duration,
+    /// Frames after which the PE rotates keys.
+    pub rekey_after_frames: u64,
+    /// How long an old session stays readable after a newer one took over.
+    pub session_grace: Duration,
+    /// Outbox bound, messages.
+    pub outbox_messages: usize,
+    /// Outbox bound, bytes.
+    pub outbox_bytes: usize,
+    /// Most bytes of messages put in one frame (a larger single message goes alone).
+    pub frame_budget: usize,
+    /// Most bytes in flight (sent, not acknowledged).
+    pub max_in_flight_bytes: usize,
+    /// Receiver reorder window, in sequence numbers.
+    pub reorder_window: u64,
+    /// Fault injection on this end's outgoing frames.
+    pub faults: FaultControl,
+    /// Seed of the fault layer's random source.
+    pub fault_seed: u64,
+}
+
+impl LinkConfig {
+    /// Defaults for `material`'s end with the given Zenoh settings.
+    pub fn new(material: KeyMaterial, zenoh: ZenohSettings) -> Self {
+        Self {
+            material,
+            zenoh,
+            heartbeat: Duration::from_millis(100),
+            peer_timeout: Duration::from_millis(600),
+            handshake_retry: Duration::from_millis(300),
+            rekey_after: Duration::from_secs(600),
+            rekey_after_frames: 1 << 24,
+            session_grace: Duration::from_secs(5),
+            outbox_messages: 4096,
+            outbox_bytes: 64 << 20,
+            frame_budget: 256 << 10,
+            max_in_flight_bytes: 16 << 20,
+            reorder_window: 1 << 16,
+            faults: FaultControl::new(FaultPlan::clean()),
+            fault_seed: 0x7e1c,
+        }
+    }
+}
+
+/// What the link hands to the application.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// The next message from the peer, in order, exactly once.
+    Message(Delivered),
+    /// The peer is reachable (a session is up and it speaks).
+    PeerUp {
+        /// The session in use.
+        session: u64,
+    },
+    /// The peer went silent or left.
+    PeerDown {
+        /// Why: `timeout` or `left`.
+        reason: &'static str,
+    },
+}
+
+/// Round-trip figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RttStats {
+    /// Smoothed RTT, microseconds.
+    pub smoothed_us: Option<u64>,
+    /// Smallest RTT seen, microseconds.
+    pub min_us: Option<u64>,
+    /// Newest sample, microseconds.
+    pub latest_us: Option<u64>,
+}
+
+/// A snapshot of a link end's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkStats {
+    /// `pe` or `dr`.
+    pub role: String,
+    /// The vehicle.
+    pub vehicle: String,
+    /// Whether the peer is reachable now.
+    pub peer_alive: bool,
+    /// Times the peer became reachable.
+    pub peer_ups: u64,
+    /// Times the peer went away.
+    pub peer_downs: u64,
+    /// Sessions established (handshakes completed and, at the DR, confirmed).
+    pub sessions_established: u64,
+    /// Sessions established to replace a live one (key rotations).
+    pub rekeys: u64,
+    /// Frames sealed and handed to Zenoh (before fault injection).
+    pub frames_sent: u64,
+    /// Authentic frames received.
+    pub frames_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes of authentic frames received.
+    pub bytes_received: u64,
+    /// Refused frames and handshakes, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Sender counters.
+    pub sender: SenderStats,
+    /// Receiver counters.
+    pub receiver: ReceiverStats,
+    /// Outbox counters.
+    pub outbox: OutboxStats,
+    /// Fault layer counters.
+    pub faults: FaultStats,
+    /// Round trip.
+    pub rtt: RttStats,
+}
+
+impl LinkStats {
+    /// Refusals counted under `reason`.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejected.get(reason.as_str()).copied().unwrap_or(0)
+    }
+
+    /// All refusals.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+enum Command {
+    Send(Message, Option<oneshot::Sender<PushOutcome>>),
+    Stats(oneshot::Sender<LinkStats>),
+    Close(oneshot::Sender<()>),
+}
+
+/// One end of a twin's intra-twin link.
+pub struct Link {
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    role: Role,
+    faults: FaultControl,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    /// Joins Zenoh and starts the link end described by `config`.
+    pub async fn open(config: LinkConfig) -> anyhow::Result<Link> {
+        let session = zenoh::open(config.zenoh.to_config()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
+        Self::open_on(session, config).await
+    }
+
+    /// Starts the link end on an existing Zenoh session.
+    pub async fn open_on(session: zenoh::Session, config: LinkConfig) -> anyhow::Result<Link> {
+        let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
+        let role = config.material.role;
+        let keys = TwinKeys::new(config.material.vehicle.clone());
+        let publisher = session
+            .declare_publisher(keys.data_from(role))
+            .congestion_control(CongestionControl::Block)
+            .priority(ZPriority::DataHigh)
+            .express(true)
+            .await
+            .map_err(|e| z("publisher", e))?;
+        let frames = session
+            .declare_subscriber(keys.data_from(role.peer()))
+            .with(FifoChannel::new(8192))
+            .await
+            .map_err(|e| z("subscriber", e))?;
+        let token = session
+            .liveliness()
+            .declare_token(keys.alive(role))
+            .await
+            .map_err(|e| z("liveliness token", e))?;
+        let peer_presence = session
+            .liveliness()
+            .declare_subscriber(keys.alive(role.peer()))
+            .history(true)
+            .await
+            .map_err(|e| z("liveliness subscriber", e))?;
+        let queryable = if role == Role::Dr {
+            Some(
+                session
+                    .declare_queryable(keys.sync())
+                    .with(FifoChannel::new(256))
+                    .await
+                    .map_err(|e| z("queryable", e))?,
+            )
+        } else {
+            None
+        };
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (hs_tx, hs_rx) = mpsc::unbounded_channel();
+        let faults = config.faults.clone();
+        let engine = Engine::new(config, event_tx);
+        let io = Io {
+            session,
+            keys,
+            publisher,
+            frames,
+            peer_presence,
+            queryable,
+            _token: token,
+            hs_tx,
+            hs_rx,
+            command_rx,
+        };
+        let task = tokio::spawn(run(engine, io));
+        Ok(Link {
+            commands,
+            events,
+            role,
+            faults,
+            task: Some(task),
+        })
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Queues `message` for the peer. Never blocks; see [`Link::send_confirmed`] for the
+    /// outbox's verdict.
+    pub fn send(&self, message: Message) -> anyhow::Result<()> {
+        self.commands
+            .send(Command::Send(message, None))
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))
+    }
+
+    /// Queues `message` and returns what the outbox did with it.
+    pub async fn send_confirmed(&self, message: Message) -> anyhow::Result<PushOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send(message, Some(tx)))
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))
+    }
+
+    /// The next event; `None` once the link has stopped.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        self.events.recv().await
+    }
+
+    /// An event if one is ready.
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// A snapshot of the counters.
+    pub async fn stats(&self) -> anyhow::Result<LinkStats> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Stats(tx))
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))
+    }
+
+    /// The fault layer's control.
+    pub fn faults(&self) -> &FaultControl {
+        &self.faults
+    }
+
+    /// Stops the link: the liveliness token goes, the Zenoh session closes.
+    pub async fn close(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+struct Io {
+    session: zenoh::Session,
+    keys: TwinKeys,
+    publisher: zenoh::pubsub::Publisher<'static>,
+    frames: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
+    peer_presence:
+        zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
+    queryable:
+        Option<zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>>,
+    _token: zenoh::liveliness::LivelinessToken,
+    hs_tx: mpsc::UnboundedSender<HandshakeOutcome>,
+    hs_rx: mpsc::UnboundedReceiver<HandshakeOutcome>,
+    command_rx: mpsc::UnboundedReceiver<Command>,
+}
+
+enum HandshakeOutcome {
+    Answer(u64, Vec<u8>),
+    NoAnswer(u64),
+}
+
+async fn recv_query(
+    q: &Option<zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>>,
+) -> Option<zenoh::query::Query> {
+    match q {
+        Some(q) => q.recv_async().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn run(mut engine: Engine, mut io: Io) {
+    let mut close_reply = None;
+    loop {
+        let now = Instant::now();
+        let outgoing = engine.poll(now);
+        for frame in outgoing {
+            if let Err(e) = io.publisher.put(frame).await {
+                warn!(error = %e, "zenoh put failed");
+            }
+        }
+        if let Some(session) = engine.wants_handshake(now) {
+            start_handshake(&io, session);
+        }
+        let wake = engine.next_wakeup(now);
+        tokio::select! {
+            sample = io.frames.recv_async() => {
+                let Ok(sample) = sample else { break };
+                let bytes = sample.payload().to_bytes();
+                engine.on_frame(&bytes, Instant::now());
+                // Take whatever else is already queued before answering.
+                while let Ok(Some(sample)) = io.frames.try_recv() {
+                    let bytes = sample.payload().to_bytes();
+                    engine.on_frame(&bytes, Instant::now());
+                }
+            }
+            presence = io.peer_presence.recv_async() => {
+                if let Ok(sample) = presence {
+                    engine.on_peer_presence(sample.kind() == SampleKind::Put, Instant::now());
+                }
+            }
+            query = recv_query(&io.queryable) => {
+                if let Some(query) = query {
+                    let payload = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+                    if let Some(answer) = engine.on_handshake_query(&payload, Instant::now()) {
+                        if let Err(e) = query.reply(io.keys.sync(), answer).await {
+                            warn!(error = %e, "answering a handshake failed");
+                        }
+                    }
+                }
+            }
+            outcome = io.hs_rx.recv() => {
+                if let Some(outcome) = outcome {
+                    engine.on_handshake_outcome(outcome, Instant::now());
+                }
+            }
+            command = io.command_rx.recv() => {
+                let Some(command) = command else { break };
+                let mut next = Some(command);
+                // Take every command already queued, so that messages share frames.
+                while let Some(command) = next {
+                    if let Some(reply) = engine.handle(command) {
+                        close_reply = Some(reply);
+                        break;
+                    }
+                    next = io.command_rx.try_recv().ok();
+                }
+                if close_reply.is_some() { break; }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    let Io {
+        session, _token, ..
+    } = io;
+    drop(_token);
+    let _ = session.close().await;
+    if let Some(reply) = close_reply {
+        let _ = reply.send(());
+    }
+}
+
+fn start_handshake(io: &Io, (session_id, first): (u64, Vec<u8>)) {
+    let zsession = io.session.clone();
+    let key = io.keys.sync();
+    let tx = io.hs_tx.clone();
+    tokio::spawn(async move {
+        // Every queryable on the key answers (a rogue one too); each answer is tried until
+        // one authenticates as the DR.
+        let replies = zsession
+            .get(key)
+            .payload(first)
+            .target(QueryTarget::All)
+            .consolidation(ConsolidationMode::None)
+            .timeout(Duration::from_millis(1000))
+            .await;
+        if let Ok(replies) = replies {
+            while let Ok(reply) = replies.recv_async().await {
+                if let Ok(sample) = reply.result() {
+                    let answer = sample.payload().to_bytes().into_owned();
+                    if tx
+                        .send(HandshakeOutcome::Answer(session_id, answer))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(HandshakeOutcome::NoAnswer(session_id));
+    });
+}
+
+struct SessionEntry {
+    session: Session,
+    /// At the DR: confirmed by an authentic frame. At the PE: always true.
+    confirmed: bool,
+    established: Instant,
+    /// The PE's sync state, applied when a pending session is confirmed.
+    peer_state: Option<SyncState>,
+    retire_at: Option<Instant>,
+}
+
+/// The protocol state machine of one link end, without I/O.
+struct Engine {
+    role: Role,
+    vehicle: String,
+    material: KeyMaterial,
+    config: LinkConfig,
+    incarnation: u64,
+    peer_incarnation: Option<u64>,
+    sender: Sender,
+    receiver: Receiver,
+    sessions: HashMap<u64, SessionEntry>,
+    /// The session frames are sealed under.
+    current: Option<u64>,
+    seen_session_ids: HashSet<u64>,
+    seen_order: VecDeque<u64>,
+    pending_handshake: Option<(crypto::PendingHandshake, Instant)>,
+    completed_attempts: VecDeque<u64>,
+    last_handshake_attempt: Option<Instant>,
+    rekey_due: bool,
+    peer_alive: bool,
+    peer_token_present: bool,
+    last_heard: Option<Instant>,
+    last_sent: Option<Instant>,
+    ack_owed: Option<(u64, Instant)>,
+    fault: FaultLayer,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    stats: LinkStats,
+    plaintext: Vec<u8>,
+    log_budget: (Instant, u32, u64),
+}
+
+const MAX_SEEN_SESSIONS: usize = 4096;
+const MAX_PENDING_SESSIONS: usize = 4;
+
+impl Engine {
+    fn new(config: LinkConfig, events: mpsc::UnboundedSender<LinkEvent>) -> Self {
+        let role = config.material.role;
+        let stats = LinkStats {
+            role: role.to_string(),
+            vehicle: config.material.vehicle.to_string(),
+            ..Default::default()
+        };
+        Engine {
+            role,
+            vehicle: config.material.vehicle.to_string(),
+            material: config.material.clone(),
+            incarnation: rand::random(),
+            peer_incarnation: None,
+            sender: Sender::new(
+                Outbox::new(config.outbox_messages, config.outbox_bytes),
+                config.max_in_flight_bytes,
+            ),
+            receiver: Receiver::new(config.reorder_window),
+            sessions: HashMap::new(),
+            current: None,
+            seen_session_ids: HashSet::new(),
+            seen_order: VecDeque::new(),
+            pending_handshake: None,
+            completed_attempts: VecDeque::new(),
+            last_handshake_attempt: None,
+            rekey_due: false,
+            peer_alive: false,
+            peer_token_present: false,
+            last_heard: None,
+            last_sent: None,
+            ack_owed: None,
+            fault: FaultLayer::new(config.faults.clone(), config.fault_seed),
+            events,
+            stats,
+            plaintext: Vec::new(),
+            log_budget: (Instant::now(), 0, 0),
+            config,
+        }
+    }
+
+    /// Handles an application command; returns the reply channel of a close request.
+    fn handle(&mut self, command: Command) -> Option<oneshot::Sender<()>> {
+        match command {
+            Command::Send(message, reply) => {
+                let outcome = self.push(message);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+                None
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+                None
+            }
+            Command::Close(reply) => Some(reply),
+        }
+    }
+
+    fn push(&mut self, message: Message) -> PushOutcome {
+        let outcome = self.sender.push(message);
+        match &outcome {
+            PushOutcome::Dropped => {
+                debug!(vehicle = %self.vehicle, "outbox full of more important messages: dropped the new one")
+            }
+            PushOutcome::QueuedAfterDropping(v) => {
+                debug!(vehicle = %self.vehicle, dropped = v.len(), "outbox full: dropped older, less important messages")
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    fn reject(&mut self, reason: Rejection, what: &str) {
+        *self
+            .stats
+            .rejected
+            .entry(reason.as_str().to_string())
+            .or_default() += 1;
+        // Every refusal is counted; logging is limited to 20 lines a second so that a flood
+        // cannot drown the log, and the lines say how many were not logged.
+        let now = Instant::now();
+        let (since, logged, suppressed) = &mut self.log_budget;
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *logged = 0;
+        }
+        if *logged < 20 {
+            *logged += 1;
+            warn!(
+                vehicle = %self.vehicle,
+                role = %self.role,
+                reason = reason.as_str(),
+                suppressed_before = *suppressed,
+                "refused {what}"
+            );
+            *suppressed = 0;
+        } else {
+            *suppressed += 1;
+        }
+    }
+
+    fn stats(&self) -> LinkStats {
+        let mut s = self.stats.clone();
+        s.peer_alive = self.peer_alive;
+        s.sender = self.sender.stats();
+        s.receiver = self.receiver.stats();
+        s.outbox = self.sender.outbox().stats();
+        s.faults = self.fault.control().stats();
+        let rtt = self.sender.rtt();
+        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        s.rtt = RttStats {
+            smoothed_us: us(rtt.smoothed()),
+            min_us: us(rtt.min()),
+            latest_us: us(rtt.latest()),
+        };
+        s
+    }
+
+    fn emit(&self, event: LinkEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn set_peer_alive(&mut self, alive: bool, reason: &'static str, now: Instant) {
+        if alive == self.peer_alive {
+            return;
+        }
+        self.peer_alive = alive;
+        if alive {
+            self.stats.peer_ups += 1;
+            let session = self.current.unwrap_or(0);
+            info!(vehicle = %self.vehicle, role = %self.role, session = %format_args!("{session:016x}"), "peer up");
+            // Catch up at once: whatever is unacknowledged goes out now.
+            self.sender.retransmit_now(now);
+            self.emit(LinkEvent::PeerUp { session });
+        } else {
+            self.stats.peer_downs += 1;
+            info!(vehicle = %self.vehicle, role = %self.role, reason, "peer down");
+            self.emit(LinkEvent::PeerDown { reason });
+        }
+    }
+
+    fn on_peer_presence(&mut self, present: bool, now: Instant) {
+        self.peer_token_present = present;
+        if present {
+            if self.role == Role::Pe {
+                // A (re)started DR: handshake now rather than at the next retry.
+                self.last_handshake_attempt = None;
+                self.rekey_due = true;
+            }
+        } else {
+            self.set_peer_alive(false, "left", now);
+        }
+    }
+
+    fn remember_session_id(&mut self, id: u64) {
+        self.seen_session_ids.insert(id);
+        self.seen_order.push_back(id);
+        while self.seen_order.len() > MAX_SEEN_SESSIONS {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen_session_ids.remove(&old);
+            }
+        }
+    }
+
+    fn sync_state(&self) -> SyncState {
+        SyncState {
+            rx_next: self.receiver.next_expected(),
+            tx_base: self.sender.base(),
+            incarnation: self.incarnation,
+        }
+    }
+
+    fn apply_peer_state(&mut self, peer: SyncState, now: Instant) {
+        // A new incarnation of the peer lost what it had applied; so did a peer we meet for
+        // the first time after talking to an earlier one of it.
+        let lost = match self.peer_incarnation {
+            Some(known) => known != peer.incarnation,
+            None => peer.rx_next < self.sender.base(),
+        };
+        if lost {
+            info!(vehicle = %self.vehicle, role = %self.role, "peer restarted: sending it the latest of every stream");
+        }
+        self.peer_incarnation = Some(peer.incarnation);
+        self.sender.resync(peer.rx_next, lost, now);
+        self.receiver.resync(peer.tx_base);
+    }
+
+    /// The PE: whether to start a handshake now; returns the session id and first message.
+    fn wants_handshake(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
+        if self.role != Role::Pe {
+            return None;
+        }
+        if let Some(current) = self.current.and_then(|c| self.sessions.get(&c)) {
+            let old = now.duration_since(current.established) >= self.config.rekey_after
+                || current.session.frames_sealed() >= self.config.rekey_after_frames;
+            if old {
+                self.rekey_due = true;
+            }
+        }
+        let need = self.current.is_none() || self.rekey_due || !self.peer_alive;
+        if !need {
+            return None;
+        }
+        if let Some(last) = self.last_handshake_attempt {
+            if now.duration_since(last) < self.config.handshake_retry {
+                return None;
+            }
+        }
+        if self
+            .pending_handshake
+            .as_ref()
+            .is_some_and(|(_, started)| now.duration_since(*started) < Duration::from_secs(1))
+        {
+            // An attempt is under way; its answer (or its timeout) comes first.
+            return None;
+        }
+        if !self.peer_token_present && self.current.is_some() && !self.rekey_due {
+            // The DR is not there; frames under the current session resume when it is.
+            return None;
+        }
+        self.last_handshake_attempt = Some(now);
+        if self.fault.control().is_cut(now) {
+            // The fault layer's cut covers handshakes too: this attempt is lost.
+            return None;
+        }
+        let id: u64 = rand::random();
+        match crypto::initiate(&self.material, id, &self.sync_state()) {
+            Ok((pending, first)) => {
+                debug!(vehicle = %self.vehicle, session = %format_args!("{id:016x}"), "starting handshake");
+                self.pending_handshake = Some((pending, now));
+                Some((id, first))
+            }
+            Err(e) => {
+                warn!(vehicle = %self.vehicle, error = %e, "could not start a handshake");
+                None
+            }
+        }
+    }
+
+    fn install_session(
+        &mut self,
+        session: Session,
+        confirmed: bool,
+        peer_state: Option<SyncState>,
+        now: Instant,
+    ) {
+        let id = session.id();
+        self.sessions.insert(
+            id,
+            SessionEntry {
+                session,
+                confirmed,
+                established: now,
+                peer_state,
+                retire_at: None,
+            },
+        );
+    }
+
+    fn make_current(&mut self, id: u64, now: Instant) {
+        if self.current == Some(id) {
+            return;
+        }
+        if let Some(old) = self.current.and_then(|c| self.sessions.get_mut(&c)) {
+            old.retire_at = Some(now + self.config.session_grace);
+            self.stats.rekeys += 1;
+        }
+        self.current = Some(id);
+        self.stats.sessions_established += 1;
+        info!(vehicle = %self.vehicle, role = %self.role, session = %format_args!("{id:016x}"), "session established");
+    }
+
+    fn on_handshake_outcome(&mut self, outcome: HandshakeOutcome, now: Instant) {
+        match outcome {
+            HandshakeOutcome::NoAnswer(id) => {
+                if self
+                    .pending_handshake
+                    .as_ref()
+                    .is_some_and(|(p, _)| p.session_id() == id)
+                {
+                    self.pending_handshake = None;
+                    debug!(vehicle = %self.vehicle, "no answer to handshake");
+                }
+            }
+            HandshakeOutcome::Answer(id, answer) => {
+                let pending_id = self.pending_handshake.as_ref().map(|(p, _)| p.session_id());
+                if pending_id != Some(id) {
+                    if self.completed_attempts.contains(&id) {
+                        // The DR answers a handshake once; a second answer to one that
+                        // completed came from someone else.
+                        self.reject(
+                            Rejection::HandshakeFailed,
+                            "second answer to a completed handshake",
+                        );
+                    } else {
+                        debug!(vehicle = %self.vehicle, "answer to a superseded handshake attempt");
+                    }
+                    return;
+                }
+                let (pending, started) = self.pending_handshake.take().expect("checked above");
+                match crypto::complete::<SyncState>(pending, &answer) {
+                    Ok((session, dr_state)) => {
+                        self.completed_attempts.push_back(id);
+                        if self.completed_attempts.len() > 16 {
+                            self.completed_attempts.pop_front();
+                        }
+                        self.install_session(session, true, None, now);
+                        self.make_current(id, now);
+                        self.rekey_due = false;
+                        self.apply_peer_state(dr_state, now);
+                        self.last_heard = Some(now);
+                        // Confirm the session to the DR right away.
+                        self.last_sent = None;
+                        self.set_peer_alive(true, "handshake", now);
+                    }
+                    Err((reason, pending)) => {
+                        self.reject(reason, "handshake answer");
+                        // Wait for the other answers (a rogue queryable may answer first).
+                        self.pending_handshake = pending.map(|p| (p, started));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The DR: answers a handshake query.
+    fn on_handshake_query(&mut self, payload: &[u8], now: Instant) -> Option<Vec<u8>> {
+        if self.role != Role::Dr {
+            return None;
+        }
+        let my_state = self.sync_state();
+        match crypto::respond::<SyncState, SyncState>(&self.material, payload, |_| my_state) {
+            Ok((session, hello, answer)) => {
+                if self.seen_session_ids.contains(&hello.session) {
+                    self.reject(Rejection::HandshakeReplayed, "handshake");
+                    return None;
+                }
+                self.remember_session_id(hello.session);
+                // Bound unconfirmed sessions: a replayed first message makes one that will
+                // never be confirmed.
+                let mut pending: Vec<(Instant, u64)> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, e)| !e.confirmed)
+                    .map(|(id, e)| (e.established, *id))
+                    .collect();
+                pending.sort();
+                while pending.len() >= MAX_PENDING_SESSIONS {
+                    let (_, id) = pending.remove(0);
+                    self.sessions.remove(&id);
+                }
+                self.install_session(session, false, Some(hello.body), now);
+                Some(answer)
+            }
+            Err(reason) => {
+                self.reject(reason, "handshake");
+                None
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: &[u8], now: Instant) {
+        let header = match crypto::peek_header(frame) {
+            Ok(h) => h,
+            Err(reason) => return self.reject(reason, "frame"),
+        };
+        let Some(entry) = self.sessions.get_mut(&header.session) else {
+            return self.reject(Rejection::UnknownSession, "frame");
+        };
+        let mut plaintext = std::mem::take(&mut self.plaintext);
+        if let Err(reason) = entry.session.open_into(frame, &mut plaintext) {
+            self.plaintext = plaintext;
+            return self.reject(reason, "frame");
+        }
+        let envelope = match protocol::decode(&plaintext) {
+            Ok(e) => e,
+            Err(_) => {
+                self.plaintext = plaintext;
+                return self.reject(Rejection::BadPayload, "frame");
+            }
+        };
+        self.plaintext = plaintext;
+        if !entry.confirmed {
+            entry.confirmed = true;
+            let peer_state = entry.peer_state.take();
+            self.make_current(header.session, now);
+            if let Some(state) = peer_state {
+                self.apply_peer_state(state, now);
+            }
+        }
+        self.stats.frames_received += 1;
+        self.stats.bytes_received += frame.len() as u64;
+        self.last_heard = Some(now);
+        if !self.peer_alive {
+            self.set_peer_alive(true, "frame", now);
+        }
+        if let Some(ack) = &envelope.ack {
+            self.sender.on_ack(ack, now_us());
+        }
+        if !envelope.items.is_empty() {
+            // Acknowledge data at once; echo its timestamp for the peer's RTT.
+            self.ack_owed = Some((envelope.sent_us, now));
+        }
+        for delivered in self.receiver.on_items(envelope.items) {
+            self.emit(LinkEvent::Message(delivered));
+        }
+    }
+
+    fn seal_and_queue(&mut self, envelope: &Envelope, now: Instant, out: &mut Vec<Vec<u8>>) {
+        let Some(id) = self.current else { return };
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let plaintext = protocol::encode(envelope);
+        let frame = match entry.session.seal(&plaintext) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(vehicle = %self.vehicle, error = %e, "sealing failed; rotating keys");
+                self.rekey_due = true;
+                return;
+            }
+        };
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += frame.len() as u64;
+        self.last_sent = Some(now);
+        if self.fault.is_transparent(now) {
+            out.push(frame);
+        } else {
+            self.fault.submit(frame, now);
+        }
+    }
+
+    /// Frames to hand to Zenoh now.
+    fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        out.extend(self.fault.take_due(now));
+        // Expire retired sessions and stale pending handshakes.
+        self.sessions.retain(|_, e| {
+            e.retire_at.is_none_or(|t| now < t)
+                && (e.confirmed || now.duration_since(e.established) < Duration::from_secs(30))
+        });
+        if let Some((_, started)) = &self.pending_handshake {
+            if now.duration_since(*started) > Duration::from_secs(2) {
+                self.pending_handshake = None;
+            }
+        }
+        if self.peer_alive
+            && self
+                .last_heard
+                .is_some_and(|t| now.duration_since(t) > self.config.peer_timeout)
+        {
+            self.set_peer_alive(false, "timeout", now);
+        }
+        if self.current.is_some() {
+            loop {
+                // While the peer is away, messages wait (and coalesce) in the outbox and only
+                // heartbeats go out; when it is back, everything unacknowledged is resent.
+                let items = if self.peer_alive {
+                    self.sender.next_items(now, self.config.frame_budget)
+                } else {
+                    Vec::new()
+                };
+                let idle = self
+                    .last_sent
+                    .is_none_or(|t| now.duration_since(t) >= self.config.heartbeat);
+                if items.is_empty() && self.ack_owed.is_none() && !idle {
+                    break;
+                }
+                let ack = self
+                    .ack_owed
+                    .take()
+                    .map(|(sent_us, received)| {
+                        self.receiver
+                            .ack(sent_us, now.duration_since(received).as_micros() as u64)
+                    })
+                    .or_else(|| Some(self.receiver.ack(0, 0)));
+                let done = items.is_empty();
+                let envelope = Envelope {
+                    sent_us: now_us(),
+                    ack,
+                    items,
+                    report: None,
+                };
+                self.seal_and_queue(&envelope, now, &mut out);
+                if done || self.current.is_none() {
+                    break;
+                }
+            }
+        }
+        out.extend(self.fault.take_due(now));
+        out
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Instant {
+        let mut wake = now + self.config.heartbeat;
+        if let Some(t) = self.last_sent {
+            wake = wake.min(t + self.config.heartbeat);
+        }
+        if let Some(t) = self.sender.next_retransmit_at() {
+            wake = wake.min(t);
+        }
+        if let Some(t) = self.fault.next_due() {
+            wake = wake.min(t);
+        }
+        if self.peer_alive {
+            if let Some(t) = self.last_heard {
+                wake = wake.min(t + self.config.peer_timeout + Duration::from_millis(1));
+            }
+        }
+        if self.role == Role::Pe && (self.current.is_none() || !self.peer_alive || self.rekey_due) {
+            let retry = self
+                .last_handshake_attempt
+                .map_or(now, |t| t + self.config.handshake_retry);
+            wake = wake.min(retry);
+        }
+        wake.max(now + Duration::from_micros(50))
+    }
+}
+
+/// The DR's side of frame processing without Zenoh, for the ingest benchmark and tests:
+/// open, decode and apply sealed frames exactly as a running DR does.
+pub struct IngestPipeline {
+    engine: Engine,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+}
+
+impl IngestPipeline {
+    /// Sets up a PE session and a DR engine that share keys; returns the pipeline and a
+    /// sealer that makes frames as the PE would.
+    pub fn new(pe: KeyMaterial, dr: KeyMaterial) -> anyhow::Result<(IngestPipeline, FrameSealer)> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let config = LinkConfig::new(dr, ZenohSettings::peer_listening("tcp/127.0.0.1:0"));
+        let mut engine = Engine::new(config, tx);
+        let now = Instant::now();
+        let (pending, first) = crypto::initiate(&pe, 1, &SyncState::default())?;
+        let answer = engine
+            .on_handshake_query(&first, now)
+            .ok_or_else(|| anyhow::anyhow!("handshake refused"))?;
+        let (session, _) = crypto::complete::<SyncState>(pending, &answer)
+            .map_err(|(r, _)| anyhow::anyhow!("handshake failed: {r}"))?;
+        Ok((
+            IngestPipeline { engine, events },
+            FrameSealer {
+                session,
+                sender: Sender::new(Outbox::new(1 << 16, 1 << 30), usize::MAX),
+            },
+        ))
+    }
+
+    /// Opens, decodes and applies one frame; returns the messages it delivered.
+    pub fn ingest(&mut self, frame: &[u8]) -> Vec<Delivered> {
+        self.engine.on_frame(frame, Instant::now());
+        let mut out = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            if let LinkEvent::Message(d) = event {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LinkStats {
+        self.engine.stats()
+    }
+}
+
+/// Makes sealed frames as a PE would (for [`IngestPipeline`]).
+pub struct FrameSealer {
+    session: Session,
+    sender: Sender,
+}
+
+impl FrameSealer {
+    /// Seals `message` in a frame of its own.
+    pub fn seal(&mut self, message: Message) -> Vec<u8> {
+        self.sender.push(message);
+        let items = self.sender.next_items(Instant::now(), usize::MAX);
+        // Every frame counts as acknowledged, so the sender stays small.
+        let acked = Ack {
+            next_expected: items.last().map_or(0, |i| i.seq() + 1),
+            ..Ack::default()
+        };
+        self.sender.on_ack(&acked, 0);
+        let envelope = Envelope {
+            sent_us: now_us(),
+            ack: None,
+            items,
+            report: None,
+        };
+        self.session
+            .seal(&protocol::encode(&envelope))
+            .expect("frames within limits seal")
+    }
+}
