@@ -124,6 +124,8 @@ pub struct LinkConfig {
     pub zenoh: ZenohSettings,
     /// Longest silence before a frame (heartbeat) is sent anyway.
     pub heartbeat: Duration,
+    /// Longest wait of an acknowledgement for outgoing data to ride on.
+    pub ack_delay: Duration,
     /// Silence after which the peer counts as gone.
     pub peer_timeout: Duration,
     /// How often the PE retries a handshake while it has no answering DR.
@@ -157,6 +159,7 @@ impl LinkConfig {
             material,
             zenoh,
             heartbeat: Duration::from_millis(100),
+            ack_delay: Duration::from_millis(1),
             peer_timeout: Duration::from_millis(600),
             handshake_retry: Duration::from_millis(300),
             rekey_after: Duration::from_secs(600),
@@ -441,6 +444,9 @@ async fn recv_query(
 
 async fn run(mut engine: Engine, mut io: Io) {
     let mut close_reply = None;
+    // One timer, moved on each turn (cheaper than registering a new one).
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
     loop {
         let now = Instant::now();
         let outgoing = engine.poll(now);
@@ -452,7 +458,10 @@ async fn run(mut engine: Engine, mut io: Io) {
         if let Some(session) = engine.wants_handshake(now) {
             start_handshake(&io, session);
         }
-        let wake = engine.next_wakeup(now);
+        let wake = tokio::time::Instant::from_std(engine.next_wakeup(now));
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             sample = io.frames.recv_async() => {
                 let Ok(sample) = sample else { break };
@@ -497,7 +506,7 @@ async fn run(mut engine: Engine, mut io: Io) {
                 }
                 if close_reply.is_some() { break; }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut timer => {}
         }
     }
     let Io {
@@ -1051,7 +1060,12 @@ impl Engine {
                 let idle = self
                     .last_sent
                     .is_none_or(|t| now.duration_since(t) >= self.config.heartbeat);
-                if items.is_empty() && self.ack_owed.is_none() && !idle {
+                // A standalone acknowledgement waits up to `ack_delay`, so that it usually
+                // rides on the application's answer instead of costing a frame of its own.
+                let ack_due = self.ack_owed.is_some_and(|(_, received)| {
+                    now.duration_since(received) >= self.config.ack_delay
+                });
+                if items.is_empty() && !ack_due && !idle {
                     break;
                 }
                 let ack = self
@@ -1089,6 +1103,9 @@ impl Engine {
         }
         if let Some(t) = self.fault.next_due() {
             wake = wake.min(t);
+        }
+        if let Some((_, received)) = self.ack_owed {
+            wake = wake.min(received + self.config.ack_delay);
         }
         if self.peer_alive {
             if let Some(t) = self.last_heard {

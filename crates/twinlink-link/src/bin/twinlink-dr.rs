@@ -39,10 +39,17 @@ struct Applied {
     max_state_age_us: u64,
 }
 
-#[tokio::main]
+// One worker: the application and the link task share it, so handing a message between
+// them is a task switch, not a thread wake-up (Zenoh's own threads do the I/O).
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     cli::init_tracing();
     let args = Args::parse();
+    // `main`'s own future runs on the main thread; the work runs on the worker.
+    tokio::spawn(run(args)).await?
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.end.config(Role::Dr)?;
     let vehicle = args.end.vehicle.to_string();
     let mut link = Link::open(config).await?;

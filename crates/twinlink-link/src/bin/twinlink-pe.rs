@@ -74,10 +74,17 @@ impl Received {
     }
 }
 
-#[tokio::main]
+// One worker: the application and the link task share it, so handing a message between
+// them is a task switch, not a thread wake-up (Zenoh's own threads do the I/O).
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     cli::init_tracing();
     let args = Args::parse();
+    // `main`'s own future runs on the main thread; the work runs on the worker.
+    tokio::spawn(run(args)).await?
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if !(args.rate_hz.is_finite() && args.rate_hz > 0.0) {
         anyhow::bail!("--rate-hz must be a positive number, got {}", args.rate_hz);
     }

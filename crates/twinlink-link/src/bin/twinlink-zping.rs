@@ -35,7 +35,7 @@ struct Args {
 const PING: &str = "twinlink/v1/bench/ping";
 const PONG: &str = "twinlink/v1/bench/pong";
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     cli::init_tracing();
     let args = Args::parse();
