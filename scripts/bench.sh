@@ -35,6 +35,11 @@ P=$(port)
 "$BIN/twinlink-zping" --connect "tcp/127.0.0.1:$P" --count "$COUNT" >"$WORK/zping2.json"
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
+# Freshness of the DR's view over a 64 kbit/s path: adaptive, the AIMD reference, fixed.
+for mode in adaptive aimd fixed; do
+  "$BIN/twinlink-freshness" --mode "$mode" --seconds "${BENCH_FRESHNESS_SECONDS:-20}" >"$WORK/fresh_$mode.json"
+done
+
 # DR ingest on one core.
 PIN=""; command -v taskset >/dev/null && PIN="taskset -c 0"
 $PIN "$BIN/twinlink-ingest-bench" --objects 50 >"$WORK/ingest.json"
@@ -44,6 +49,7 @@ import json, os, sys
 out, work = sys.argv[1], sys.argv[2]
 load = lambda n: json.load(open(os.path.join(work, n)))
 z1, z2, link, ingest = load("zping.json"), load("zping2.json"), load("link.json"), load("ingest.json")
+fresh = {m: load(f"fresh_{m}.json") for m in ("adaptive", "aimd", "fixed")}
 summary = json.load(open(out)) if os.path.exists(out) else {}
 raw = sorted([z1["rtt_median_us"], z2["rtt_median_us"]])
 summary.update({
@@ -56,6 +62,12 @@ summary.update({
     "zenoh_raw_payload_bytes": z1["payload_bytes"],
     "link_rtt_over_raw": round(link["rtt_median_us"] / max(1, z1["rtt_median_us"]), 3),
     "link_ingest_per_core": ingest["summaries_per_s_median"],
+    "freshness_64k_adaptive_median_ms": fresh["adaptive"]["median_ms_second_half"],
+    "freshness_64k_adaptive_max_ms": fresh["adaptive"]["max_ms_second_half"],
+    "freshness_64k_aimd_median_ms": fresh["aimd"]["median_ms_second_half"],
+    "freshness_64k_aimd_max_ms": fresh["aimd"]["max_ms_second_half"],
+    "freshness_64k_fixed_median_ms": fresh["fixed"]["median_ms_second_half"],
+    "freshness_64k_fixed_end_ms": fresh["fixed"]["end_ms"],
 })
 json.dump(summary, open(out, "w"), indent=2, sort_keys=True)
 print(json.dumps(summary, indent=2, sort_keys=True))

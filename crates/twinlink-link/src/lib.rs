@@ -14,10 +14,13 @@
 pub mod cli;
 pub mod crypto;
 pub mod fault;
+pub mod inclusion;
 pub mod keys;
 pub mod link;
 pub mod minimal;
 pub mod protocol;
+pub mod rate;
+pub mod scenario;
 pub mod sync;
 
 pub use crypto::{KeyMaterial, Rejection};

@@ -32,7 +32,8 @@ use zenoh::sample::SampleKind;
 use crate::crypto::{self, KeyMaterial, Rejection, Session};
 use crate::fault::{FaultControl, FaultLayer, FaultPlan, FaultStats};
 use crate::keys::{Role, TwinKeys};
-use crate::protocol::{self, Envelope, SyncState};
+use crate::protocol::{self, Envelope, PathReport, SyncState};
+use crate::rate::{Controller, PathEstimate, PathMeter, RateControl};
 use crate::sync::{
     Ack, Delivered, Message, Outbox, OutboxStats, PushOutcome, Receiver, ReceiverStats, Sender,
     SenderStats,
@@ -146,6 +147,10 @@ pub struct LinkConfig {
     pub max_in_flight_bytes: usize,
     /// Receiver reorder window, in sequence numbers.
     pub reorder_window: u64,
+    /// How the sending rate adapts to the path.
+    pub rate_control: RateControl,
+    /// How often each end reports what it measured of the path from its peer.
+    pub report_interval: Duration,
     /// Fault injection on this end's outgoing frames.
     pub faults: FaultControl,
     /// Seed of the fault layer's random source.
@@ -170,6 +175,8 @@ impl LinkConfig {
             frame_budget: 256 << 10,
             max_in_flight_bytes: 16 << 20,
             reorder_window: 1 << 16,
+            rate_control: RateControl::default(),
+            report_interval: Duration::from_millis(200),
             faults: FaultControl::new(FaultPlan::clean()),
             fault_seed: 0x7e1c,
         }
@@ -241,6 +248,12 @@ pub struct LinkStats {
     pub faults: FaultStats,
     /// Round trip.
     pub rtt: RttStats,
+    /// This end's estimate of its sending path.
+    pub path: PathEstimate,
+    /// What this end measured of the path from its peer (newest report).
+    pub received: PathReport,
+    /// What the peer measured of the path from this end (its newest report).
+    pub peer_received: PathReport,
 }
 
 impl LinkStats {
@@ -585,6 +598,10 @@ struct Engine {
     last_sent: Option<Instant>,
     ack_owed: Option<(u64, Instant)>,
     fault: FaultLayer,
+    controller: Controller,
+    meter: PathMeter,
+    peer_report: PathReport,
+    pacing_until: Option<Instant>,
     events: mpsc::UnboundedSender<LinkEvent>,
     stats: LinkStats,
     plaintext: Vec<u8>,
@@ -627,6 +644,10 @@ impl Engine {
             last_sent: None,
             ack_owed: None,
             fault: FaultLayer::new(config.faults.clone(), config.fault_seed),
+            controller: Controller::new(config.rate_control),
+            meter: PathMeter::new(config.report_interval),
+            peer_report: PathReport::default(),
+            pacing_until: None,
             events,
             stats,
             plaintext: Vec::new(),
@@ -705,6 +726,9 @@ impl Engine {
         s.faults = self.fault.control().stats();
         let rtt = self.sender.rtt();
         let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        s.path = self.controller.estimate(Instant::now());
+        s.received = self.meter.latest().clone();
+        s.peer_received = self.peer_report.clone();
         s.rtt = RttStats {
             smoothed_us: us(rtt.smoothed()),
             min_us: us(rtt.min()),
@@ -987,12 +1011,30 @@ impl Engine {
         }
         self.stats.frames_received += 1;
         self.stats.bytes_received += frame.len() as u64;
+        let received_us = now_us();
+        self.meter.on_frame(
+            frame.len(),
+            header.session,
+            header.counter,
+            envelope.sent_us,
+            received_us,
+            now,
+        );
         self.last_heard = Some(now);
         if !self.peer_alive {
             self.set_peer_alive(true, "frame", now);
         }
+        if let Some(report) = &envelope.report {
+            self.controller.on_report(report);
+            self.peer_report = report.clone();
+        }
         if let Some(ack) = &envelope.ack {
-            self.sender.on_ack(ack, now_us());
+            let (bytes, rtt) = self.sender.on_ack_counting(ack, received_us);
+            self.controller.on_ack(bytes, rtt, now);
+            let bottleneck = self.controller.estimate(now).bottleneck_bps;
+            if bottleneck > 0 {
+                self.sender.set_transfer_rate(bottleneck as f64);
+            }
         }
         if !envelope.items.is_empty() {
             // Acknowledge data at once; echo its timestamp for the peer's RTT.
@@ -1003,10 +1045,16 @@ impl Engine {
         }
     }
 
-    fn seal_and_queue(&mut self, envelope: &Envelope, now: Instant, out: &mut Vec<Vec<u8>>) {
-        let Some(id) = self.current else { return };
+    /// Seals `envelope` under the current session and queues it; returns its size.
+    fn seal_and_queue(
+        &mut self,
+        envelope: &Envelope,
+        now: Instant,
+        out: &mut Vec<Vec<u8>>,
+    ) -> usize {
+        let Some(id) = self.current else { return 0 };
         let Some(entry) = self.sessions.get_mut(&id) else {
-            return;
+            return 0;
         };
         let plaintext = protocol::encode(envelope);
         let frame = match entry.session.seal(&plaintext) {
@@ -1014,17 +1062,19 @@ impl Engine {
             Err(e) => {
                 warn!(vehicle = %self.vehicle, error = %e, "sealing failed; rotating keys");
                 self.rekey_due = true;
-                return;
+                return 0;
             }
         };
+        let len = frame.len();
         self.stats.frames_sent += 1;
-        self.stats.bytes_sent += frame.len() as u64;
+        self.stats.bytes_sent += len as u64;
         self.last_sent = Some(now);
         if self.fault.is_transparent(now) {
             out.push(frame);
         } else {
             self.fault.submit(frame, now);
         }
+        len
     }
 
     /// Frames to hand to Zenoh now.
@@ -1052,8 +1102,16 @@ impl Engine {
             loop {
                 // While the peer is away, messages wait (and coalesce) in the outbox and only
                 // heartbeats go out; when it is back, everything unacknowledged is resent.
-                let items = if self.peer_alive {
-                    self.sender.next_items(now, self.config.frame_budget)
+                let paced = self.pacing_until.is_some_and(|t| now < t);
+                let items = if self.peer_alive && !paced {
+                    self.sender
+                        .set_max_in_flight_bytes(self.controller.window_bytes(now));
+                    let before = self.sender.stats().retransmitted;
+                    let items = self.sender.next_items(now, self.config.frame_budget);
+                    for _ in before..self.sender.stats().retransmitted {
+                        self.controller.on_retransmit();
+                    }
+                    items
                 } else {
                     Vec::new()
                 };
@@ -1077,13 +1135,21 @@ impl Engine {
                     })
                     .or_else(|| Some(self.receiver.ack(0, 0)));
                 let done = items.is_empty();
+                let report = self.meter.take_report(now).map(|mut r| {
+                    r.sender_bottleneck_bps = self.controller.estimate(now).bottleneck_bps;
+                    r
+                });
                 let envelope = Envelope {
                     sent_us: now_us(),
                     ack,
                     items,
-                    report: None,
+                    report,
                 };
-                self.seal_and_queue(&envelope, now, &mut out);
+                let sent_bytes = self.seal_and_queue(&envelope, now, &mut out);
+                if !done {
+                    self.controller.on_sent(sent_bytes, now);
+                    self.pacing_until = self.controller.next_send_at(0, now);
+                }
                 if done || self.current.is_none() {
                     break;
                 }
@@ -1106,6 +1172,9 @@ impl Engine {
         }
         if let Some((_, received)) = self.ack_owed {
             wake = wake.min(received + self.config.ack_delay);
+        }
+        if let Some(t) = self.pacing_until {
+            wake = wake.min(t);
         }
         if self.peer_alive {
             if let Some(t) = self.last_heard {

@@ -28,6 +28,10 @@ pub struct PathReport {
     pub lost: u32,
     /// Change of one-way delay over the interval, microseconds (positive: queues grow).
     pub delay_gradient_us: i64,
+    /// Mean one-way delay above its 10 s minimum: the queueing delay, microseconds.
+    pub queue_delay_us: u64,
+    /// The reporter's own estimate of its sending path's bottleneck rate [bit/s].
+    pub sender_bottleneck_bps: u64,
 }
 
 /// Synchronization state exchanged in the handshake so both ends can catch up.
@@ -92,6 +96,8 @@ mod tests {
                 frames: 10,
                 lost: 1,
                 delay_gradient_us: -40,
+                queue_delay_us: 1200,
+                sender_bottleneck_bps: 1_000_000,
             }),
         };
         let bytes = encode(&e);

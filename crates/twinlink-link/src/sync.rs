@@ -72,11 +72,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// Bytes this message adds to a frame, roughly (for budgets).
+    /// Bytes this message costs on the path, roughly (for budgets and the window): its
+    /// fields plus a share of the frame around it (envelope, acknowledgement, report,
+    /// sealing, Zenoh and transport headers).
     pub fn wire_len(&self) -> usize {
-        self.stream.len() + self.type_name.len() + self.payload.len() + 24
+        self.stream.len() + self.type_name.len() + self.payload.len() + 24 + FRAMING_SHARE
     }
 }
+
+/// Framing bytes counted with each message (see [`Message::wire_len`]).
+pub const FRAMING_SHARE: usize = 96;
 
 /// An item in a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,7 +332,11 @@ impl RttEstimator {
     pub fn rto(&self) -> Duration {
         let rto = match self.srtt {
             None => Duration::from_millis(200),
-            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
+            Some(srtt) => {
+                srtt + (self.rttvar * 4)
+                    .max(srtt / 4)
+                    .max(Duration::from_millis(1))
+            }
         };
         rto.clamp(self.min_rto, self.max_rto)
     }
@@ -372,6 +381,9 @@ pub struct Sender {
     rtt: RttEstimator,
     stats: SenderStats,
     max_in_flight_bytes: usize,
+    /// The retransmission timer covers the round trip plus a message's own transfer time at
+    /// this rate [bit/s], so that large messages are not resent while still in transit.
+    transfer_bps: f64,
 }
 
 /// Most distinct streams whose latest message is kept for catch-up.
@@ -390,6 +402,7 @@ impl Sender {
             rtt: RttEstimator::new(Duration::from_millis(10), Duration::from_secs(1)),
             stats: SenderStats::default(),
             max_in_flight_bytes,
+            transfer_bps: 16e6,
         }
     }
 
@@ -438,9 +451,15 @@ impl Sender {
     /// When the earliest retransmission falls due.
     pub fn next_retransmit_at(&self) -> Option<Instant> {
         let rto = self.rtt.rto();
+        // Everything in flight may sit in the bottleneck's queue ahead of a message.
+        let queued_ahead = self.in_flight_bytes;
         self.in_flight
             .values()
-            .map(|f| f.last_sent + backoff(rto, f.transmissions) + transfer_allowance(f.len))
+            .map(|f| {
+                f.last_sent
+                    + backoff(rto, f.transmissions)
+                    + self.transfer_allowance(f.len + queued_ahead)
+            })
             .min()
     }
 
@@ -451,11 +470,15 @@ impl Sender {
         let mut items = Vec::new();
         let mut used = 0usize;
         let rto = self.rtt.rto();
+        let queued_ahead = self.in_flight_bytes;
         let due: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, f)| {
-                f.last_sent + backoff(rto, f.transmissions) + transfer_allowance(f.len) <= now
+                f.last_sent
+                    + backoff(rto, f.transmissions)
+                    + self.transfer_allowance(f.len + queued_ahead)
+                    <= now
             })
             .map(|(&seq, _)| seq)
             .collect();
@@ -499,11 +522,9 @@ impl Sender {
                 .insert(message.stream.clone(), seq)
             {
                 if let Some(f) = self.in_flight.get_mut(&older) {
-                    if f.message.take().is_some() {
-                        self.in_flight_bytes -= f.len;
-                        f.len = 16;
-                        self.in_flight_bytes += f.len;
-                    }
+                    // Its bytes stay counted in flight: they are still on the path until
+                    // acknowledged. Only a skip will be resent for it.
+                    f.message.take();
                 }
             }
             self.remember_latest(&message);
@@ -545,6 +566,11 @@ impl Sender {
 
     /// Applies an acknowledgement; returns the RTT sample it gave, if any.
     pub fn on_ack(&mut self, ack: &Ack, now_us: u64) -> Option<Duration> {
+        self.on_ack_counting(ack, now_us).1
+    }
+
+    /// Applies an acknowledgement; returns the bytes it acknowledged and its RTT sample.
+    pub fn on_ack_counting(&mut self, ack: &Ack, now_us: u64) -> (usize, Option<Duration>) {
         let acked: Vec<u64> = self
             .in_flight
             .range(..ack.next_expected)
@@ -556,25 +582,36 @@ impl Sender {
                     .collect::<Vec<_>>()
             }))
             .collect();
-        for seq in acked {
-            self.forget(seq);
-        }
+        let bytes: usize = acked.into_iter().map(|seq| self.forget(seq)).sum();
         if ack.echo_sent_us > 0 && now_us >= ack.echo_sent_us + ack.echo_hold_us {
             let rtt = Duration::from_micros(now_us - ack.echo_sent_us - ack.echo_hold_us);
             self.rtt.sample(rtt);
-            return Some(rtt);
+            return (bytes, Some(rtt));
         }
-        None
+        (bytes, None)
     }
 
-    fn forget(&mut self, seq: u64) {
+    fn forget(&mut self, seq: u64) -> usize {
         if let Some(f) = self.in_flight.remove(&seq) {
             self.in_flight_bytes -= f.len;
             self.stats.acknowledged += 1;
             if self.newest_seq_of_stream.get(&f.stream) == Some(&seq) {
                 self.newest_seq_of_stream.remove(&f.stream);
             }
+            f.len
+        } else {
+            0
         }
+    }
+
+    /// Sets the rate at which a message's own transfer time is estimated for the
+    /// retransmission timer [bit/s] (the path's bottleneck estimate).
+    pub fn set_transfer_rate(&mut self, bps: f64) {
+        self.transfer_bps = bps.max(8_000.0);
+    }
+
+    fn transfer_allowance(&self, len: usize) -> Duration {
+        Duration::from_secs_f64(len as f64 * 8.0 / self.transfer_bps)
     }
 
     /// Makes everything in flight due for retransmission now (the peer is back).
@@ -619,13 +656,6 @@ impl Sender {
         // Everything in flight goes out again now.
         self.retransmit_now(now);
     }
-}
-
-/// Time a message of `len` bytes may take to cross before its silence means loss: the
-/// retransmission timer covers the round trip plus the message's own transfer time at a
-/// conservative 16 Mbit/s, so that large messages are not resent while still in transit.
-fn transfer_allowance(len: usize) -> Duration {
-    Duration::from_nanos(len as u64 * 500)
 }
 
 fn backoff(rto: Duration, transmissions: u32) -> Duration {
@@ -833,14 +863,14 @@ mod tests {
 
     #[test]
     fn byte_capacity_is_enforced() {
-        let mut o = Outbox::new(100, 100);
+        let mut o = Outbox::new(100, 400);
         let mut big = msg("objects/a", Priority::Objects, 1);
-        big.payload = vec![0; 60];
+        big.payload = vec![0; 200];
         o.push(big.clone());
         big.stream = "objects/b".into();
         assert!(matches!(o.push(big), PushOutcome::QueuedAfterDropping(_)));
         assert_eq!(o.len(), 1);
-        assert!(o.stats().queued_bytes <= 100);
+        assert!(o.stats().queued_bytes <= 400);
     }
 
     fn exchange(sender: &mut Sender, receiver: &mut Receiver, now: Instant) -> Vec<Delivered> {
