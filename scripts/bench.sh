@@ -13,32 +13,31 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-COUNT=${BENCH_ROUNDS:-3000}
+COUNT=${BENCH_ROUNDS:-2000}
 
-# Raw Zenoh ping-pong of the sealed summary's size, two processes (baseline).
-P=$(port)
-"$BIN/twinlink-zping" --pong --listen "tcp/127.0.0.1:$P" 2>"$WORK/pong.log" & PIDS+=($!)
-"$BIN/twinlink-zping" --connect "tcp/127.0.0.1:$P" --count "$COUNT" >"$WORK/zping.json"
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-# Link round trip: 50-object summary up, one recommendation down, sealed, two processes.
+# Round trips, interleaved so that both see the same machine: raw Zenoh ping-pong of the
+# sealed summary's size (baseline), then the link (a 50-object summary up, one
+# recommendation down, sealed, PE and DR in separate processes), three times each.
 "$BIN/twinctl" provision bench --out "$WORK/keys" >/dev/null
-P=$(port)
-"$BIN/twinlink-dr" --vehicle bench --keys "$WORK/keys/bench.dr.key" --listen "tcp/127.0.0.1:$P" 2>"$WORK/dr.log" & PIDS+=($!)
-"$BIN/twinlink-pe" --vehicle bench --keys "$WORK/keys/bench.pe.key" --connect "tcp/127.0.0.1:$P" \
-  --rtt --objects 50 --count "$COUNT" 2>"$WORK/pe.log" >"$WORK/link.json"
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-
-# Raw Zenoh again after the link, so that drift of the machine shows.
-P=$(port)
-"$BIN/twinlink-zping" --pong --listen "tcp/127.0.0.1:$P" 2>"$WORK/pong2.log" & PIDS+=($!)
-"$BIN/twinlink-zping" --connect "tcp/127.0.0.1:$P" --count "$COUNT" >"$WORK/zping2.json"
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+for round in 1 2 3; do
+  P=$(port)
+  "$BIN/twinlink-zping" --pong --listen "tcp/127.0.0.1:$P" 2>"$WORK/pong.log" & PIDS+=($!)
+  "$BIN/twinlink-zping" --connect "tcp/127.0.0.1:$P" --count "$COUNT" >"$WORK/zping_$round.json"
+  kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+  P=$(port)
+  "$BIN/twinlink-dr" --vehicle bench --keys "$WORK/keys/bench.dr.key" --listen "tcp/127.0.0.1:$P" 2>"$WORK/dr.log" & PIDS+=($!)
+  "$BIN/twinlink-pe" --vehicle bench --keys "$WORK/keys/bench.pe.key" --connect "tcp/127.0.0.1:$P" \
+    --rtt --objects 50 --count "$COUNT" 2>"$WORK/pe.log" >"$WORK/link_$round.json"
+  kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+done
 
 # Freshness of the DR's view over a 64 kbit/s path: adaptive, the AIMD reference, fixed.
 for mode in adaptive aimd fixed; do
   "$BIN/twinlink-freshness" --mode "$mode" --seconds "${BENCH_FRESHNESS_SECONDS:-20}" >"$WORK/fresh_$mode.json"
 done
+
+# Bandwidth prediction error on the evaluation drive, against persistence.
+"$BIN/twinlink-predict-eval" --ahead-s 5 >"$WORK/predict.json"
 
 # DR ingest on one core.
 PIN=""; command -v taskset >/dev/null && PIN="taskset -c 0"
@@ -48,19 +47,22 @@ python3 - "$OUT/summary.json" "$WORK" <<'PY'
 import json, os, sys
 out, work = sys.argv[1], sys.argv[2]
 load = lambda n: json.load(open(os.path.join(work, n)))
-z1, z2, link, ingest = load("zping.json"), load("zping2.json"), load("link.json"), load("ingest.json")
+import statistics
+zs = [load(f"zping_{r}.json") for r in (1, 2, 3)]
+links = [load(f"link_{r}.json") for r in (1, 2, 3)]
+ingest = load("ingest.json")
+med = lambda runs, key: statistics.median(r[key] for r in runs)
 fresh = {m: load(f"fresh_{m}.json") for m in ("adaptive", "aimd", "fixed")}
-summary = json.load(open(out)) if os.path.exists(out) else {}
-raw = sorted([z1["rtt_median_us"], z2["rtt_median_us"]])
+predict = load("predict.json")
+summary = {}
 summary.update({
-    "link_rtt_median_us": link["rtt_median_us"],
-    "link_rtt_p99_us": link["rtt_p99_us"],
-    "link_rtt_max_us": link["rtt_max_us"],
-    "zenoh_raw_rtt_median_us": z1["rtt_median_us"],
-    "zenoh_raw_rtt_median_after_us": z2["rtt_median_us"],
-    "zenoh_raw_rtt_p99_us": z1["rtt_p99_us"],
-    "zenoh_raw_payload_bytes": z1["payload_bytes"],
-    "link_rtt_over_raw": round(link["rtt_median_us"] / max(1, z1["rtt_median_us"]), 3),
+    "link_rtt_median_us": med(links, "rtt_median_us"),
+    "link_rtt_p99_us": med(links, "rtt_p99_us"),
+    "link_rtt_max_us": max(r["rtt_max_us"] for r in links),
+    "zenoh_raw_rtt_median_us": med(zs, "rtt_median_us"),
+    "zenoh_raw_rtt_p99_us": med(zs, "rtt_p99_us"),
+    "zenoh_raw_payload_bytes": zs[0]["payload_bytes"],
+    "link_rtt_over_raw": round(statistics.median(l["rtt_median_us"] / max(1, z["rtt_median_us"]) for l, z in zip(links, zs)), 3),
     "link_ingest_per_core": ingest["summaries_per_s_median"],
     "freshness_64k_adaptive_median_ms": fresh["adaptive"]["median_ms_second_half"],
     "freshness_64k_adaptive_max_ms": fresh["adaptive"]["max_ms_second_half"],
@@ -68,6 +70,10 @@ summary.update({
     "freshness_64k_aimd_max_ms": fresh["aimd"]["max_ms_second_half"],
     "freshness_64k_fixed_median_ms": fresh["fixed"]["median_ms_second_half"],
     "freshness_64k_fixed_end_ms": fresh["fixed"]["end_ms"],
+    "bandwidth_prediction_5s_median_rel_error": round(predict["median_relative_error"], 3),
+    "bandwidth_persistence_5s_median_rel_error": round(predict["persistence_median_relative_error"], 3),
+    "bandwidth_prediction_5s_mean_rel_error": round(predict["mean_relative_error"], 3),
+    "bandwidth_persistence_5s_mean_rel_error": round(predict["persistence_mean_relative_error"], 3),
 })
 json.dump(summary, open(out, "w"), indent=2, sort_keys=True)
 print(json.dumps(summary, indent=2, sort_keys=True))

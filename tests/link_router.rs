@@ -361,3 +361,94 @@ fn futures_lite_reply(q: &zenoh::query::Query, payload: Vec<u8>) -> zenoh::Resul
     use zenoh::Wait as _;
     q.reply(q.key_expr().clone(), payload).wait()
 }
+
+/// Runs DR and PE through a router for `count` summaries, the DR starting from `map`.
+fn drive_with_map(name: &str, map: Option<&twinlink_link::bandwidth::CoverageMap>) -> Value {
+    let dir = work_dir(name);
+    let vehicle = "veh-horizon";
+    provision(&dir, vehicle);
+    let router_ep = format!("tcp/127.0.0.1:{}", free_port());
+    let _router = start_router(&dir, &router_ep);
+    let map_path = dir.join("coverage.json");
+    if let Some(map) = map {
+        std::fs::write(&map_path, serde_json::to_vec(map).unwrap()).unwrap();
+    }
+    let map_arg = map_path.to_str().unwrap().to_string();
+    let dr = Supervised::spawn(
+        "dr",
+        end(
+            &dir,
+            "twinlink-dr",
+            "dr",
+            vehicle,
+            &router_ep,
+            &["--coverage-map", &map_arg],
+        ),
+    )
+    .unwrap();
+    let mut pe = Supervised::spawn(
+        "pe",
+        end(
+            &dir,
+            "twinlink-pe",
+            "pe",
+            vehicle,
+            &router_ep,
+            &["--count", "25", "--rate-hz", "10"],
+        ),
+    )
+    .unwrap();
+    let status = pe
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("PE finished");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.join("pe.log")).unwrap()
+    );
+    stop_dr(dr);
+    let report = read_report(&dir, "dr");
+    // The DR saved what it learned.
+    let saved: twinlink_link::bandwidth::CoverageMap =
+        serde_json::from_str(&std::fs::read_to_string(&map_path).unwrap()).unwrap();
+    assert!(!saved.is_empty());
+    report
+}
+
+#[test]
+fn the_dr_sends_a_horizon_that_covers_a_predicted_outage() {
+    use twinlink_link::bandwidth::{BandwidthSample, CoverageMap};
+    // The fleet knows a coverage hole from x = 100 m to 400 m on the PE's road; the minimal
+    // PE drives along x at 20 m/s from x = 0, so the hole starts in 5 s and ends in 20 s.
+    let mut map = CoverageMap::new(50.0);
+    for _ in 0..5 {
+        for x in (0..2000).step_by(10) {
+            let x = x as f64;
+            let bps = if (100.0..400.0).contains(&x) {
+                0.0
+            } else {
+                5e6
+            };
+            map.learn(&BandwidthSample {
+                t_s: 0.0,
+                x,
+                y: 0.0,
+                bps,
+            });
+        }
+    }
+    let with_hole = drive_with_map("horizon_hole", Some(&map));
+    let horizon = with_hole["longest_horizon_s"].as_f64().unwrap();
+    assert!(
+        (20.0..=30.0).contains(&horizon),
+        "horizon {horizon} s: {with_hole}"
+    );
+    assert!(with_hole["bandwidth_samples"].as_u64().unwrap() >= 2);
+    let without = drive_with_map("horizon_none", None);
+    assert_eq!(
+        without["longest_horizon_s"].as_f64().unwrap(),
+        5.0,
+        "{without}"
+    );
+}

@@ -7,6 +7,7 @@
 //! - [`interop`] runs the r2r <-> rclpy message exchange and reads both sides' reports.
 
 pub mod interop;
+pub mod link_demo;
 
 use anyhow::{Context as _, Result};
 use std::os::unix::process::CommandExt as _;

@@ -11,6 +11,7 @@
 //! - [`fault`]: drop, duplicate, reorder, delay, cut and throttle, for tests and demos.
 //! - [`link`]: a link end on a Zenoh session, with presence and key rotation.
 
+pub mod bandwidth;
 pub mod cli;
 pub mod crypto;
 pub mod fault;

@@ -157,13 +157,16 @@ pub fn perception_summary(objects: usize, t: f64, stamp_us: u64) -> PerceptionSu
 }
 
 /// The minimal twin's advice for a summary: keep [`TIME_GAP`] to the nearest vehicle
-/// ahead in the lane, never above [`SPEED_LIMIT`], with a 5 s horizon.
+/// ahead in the lane, never above [`SPEED_LIMIT`], over a horizon of `horizon_s` seconds
+/// (at least 5; longer when the link is predicted to drop, so that the PE has advice for the
+/// whole outage). Horizon points are 1 s apart up to 5 s, then 2 s apart, at most 40.
 pub fn recommend(
     vehicle: &str,
     sequence: u64,
     own_speed: f64,
     summary: &PerceptionSummary,
     now_us: u64,
+    horizon_s: f64,
 ) -> Recommendation {
     let ahead = summary
         .objects
@@ -195,14 +198,28 @@ pub fn recommend(
     r.target_lane = 1;
     r.lane_change = Recommendation::LANE_KEEP;
     r.confidence = 0.8;
-    r.valid_until = ros_time(now_us + 5_000_000);
+    let horizon_s = if horizon_s.is_finite() {
+        horizon_s.clamp(5.0, 80.0)
+    } else {
+        5.0
+    };
+    r.valid_until = ros_time(now_us + (horizon_s * 1e6) as u64);
     r.reason_code = reason_code;
     r.reason = reason;
-    r.horizon = (1..=5)
-        .map(|k| {
-            let f = k as f64 / 5.0;
+    let offsets = (1..=5)
+        .map(f64::from)
+        .chain(
+            (1..)
+                .map(|k| 5.0 + 2.0 * f64::from(k))
+                .take_while(|t| *t <= horizon_s),
+        )
+        .take(40);
+    r.horizon = offsets
+        .map(|t| {
+            // Reach the target over 5 s, then hold it.
+            let f = (t / 5.0).min(1.0);
             HorizonPoint {
-                time_offset: k as f32,
+                time_offset: t as f32,
                 speed: (own_speed + (target - own_speed) * f) as f32,
                 lane_index: 1,
             }
@@ -236,7 +253,7 @@ mod tests {
     #[test]
     fn the_rule_follows_the_vehicle_ahead_and_is_free_without_one() {
         let s = perception_summary(3, 0.0, 0);
-        let r = recommend("v", 7, 20.0, &s, 0);
+        let r = recommend("v", 7, 20.0, &s, 0, 5.0);
         // Leader at x = 45 m, 4.5 m long: gap 42.75 m, 1.8 s -> 23.75 m/s.
         assert!(
             (r.target_speed - 42.75 / 1.8).abs() < 1e-9,
@@ -247,8 +264,16 @@ mod tests {
         assert_eq!(r.sequence, 7);
         assert_eq!(r.horizon.len(), 5);
         assert!((r.horizon[4].speed as f64 - r.target_speed).abs() < 1e-3);
-        let free = recommend("v", 8, 20.0, &perception_summary(0, 0.0, 0), 0);
+        let free = recommend("v", 8, 20.0, &perception_summary(0, 0.0, 0), 0, 5.0);
         assert_eq!(free.target_speed, SPEED_LIMIT);
         assert_eq!(free.reason_code, Recommendation::REASON_FREE_ROAD);
+        // A predicted 20 s outage: the horizon covers it.
+        let long = recommend("v", 9, 20.0, &s, 0, 23.0);
+        assert_eq!(long.horizon.last().unwrap().time_offset, 23.0);
+        assert_eq!(time_us(&long.valid_until), 23_000_000);
+        assert!(long
+            .horizon
+            .windows(2)
+            .all(|w| w[0].time_offset < w[1].time_offset));
     }
 }

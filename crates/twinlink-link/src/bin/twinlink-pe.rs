@@ -45,6 +45,7 @@ struct Args {
 
 #[derive(Default)]
 struct Received {
+    last: Option<Recommendation>,
     recommendations: u64,
     last_sequence: u64,
     gaps: u64,
@@ -53,17 +54,24 @@ struct Received {
 }
 
 impl Received {
+    /// Takes a recommendation; returns when the DR issued it [us since the epoch].
     fn take(&mut self, message: &twinlink_link::Message) -> Option<u64> {
         match from_link::<Recommendation>(message) {
             Ok(r) => {
                 self.recommendations += 1;
-                if r.sequence <= self.last_sequence {
-                    self.repeats += 1;
-                } else if r.sequence != self.last_sequence + 1 {
-                    self.gaps += 1;
+                // A DR numbers its recommendations from its own start: the first one this
+                // PE sees sets the baseline.
+                if self.recommendations > 1 {
+                    if r.sequence <= self.last_sequence {
+                        self.repeats += 1;
+                    } else if r.sequence != self.last_sequence + 1 {
+                        self.gaps += 1;
+                    }
                 }
                 self.last_sequence = r.sequence;
-                Some(r.sequence)
+                let issued = minimal::time_us(&r.header.stamp);
+                self.last = Some(r);
+                Some(issued)
             }
             Err(e) => {
                 self.bad_messages += 1;
@@ -127,7 +135,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 {
                     Ok(Some(LinkEvent::Message(d))) => {
-                        if received.take(&d.message) == Some(sent) {
+                        // The answer to this summary, not an earlier recommendation (such as
+                        // the latest one a DR hands a PE that just connected).
+                        if received
+                            .take(&d.message)
+                            .is_some_and(|issued| issued >= now)
+                        {
                             break;
                         }
                     }
@@ -202,6 +215,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "rtt_median_us": median,
         "rtt_p99_us": p99,
         "rtt_max_us": max,
+        "last_recommendation": received.last.as_ref().map(|r| json!({
+            "target_speed": r.target_speed,
+            "reason": r.reason,
+            "horizon_s": r.horizon.last().map_or(0.0, |p| p.time_offset),
+        })),
         "link": stats,
     });
     println!("{}", serde_json::to_string(&report)?);
