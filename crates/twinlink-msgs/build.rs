@@ -258,7 +258,7 @@ fn generate_message(def: &MessageDef, kind: &str, rust_name: &str) -> String {
             },
             arity: Arity::Single,
             default: None,
-            doc: "Placeholder byte rosidl adds to an empty message (always 0).".into(),
+            doc: "Filler byte rosidl adds to an empty message (always 0).".into(),
         });
     }
 

@@ -125,7 +125,8 @@ pub struct LinkConfig {
     pub zenoh: ZenohSettings,
     /// Longest silence before a frame (heartbeat) is sent anyway.
     pub heartbeat: Duration,
-    /// Longest wait of an acknowledgement for outgoing data to ride on.
+    /// Longest wait of an acknowledgement for outgoing data to ride on (normally it waits
+    /// only for the application's next turn).
     pub ack_delay: Duration,
     /// Silence after which the peer counts as gone.
     pub peer_timeout: Duration,
@@ -485,6 +486,20 @@ async fn run(mut engine: Engine, mut io: Io) {
                     let bytes = sample.payload().to_bytes();
                     engine.on_frame(&bytes, Instant::now());
                 }
+                if engine.ack_owed.is_some() {
+                    // Give the application one turn to answer, so that the acknowledgement
+                    // rides on its answer; then acknowledge in any case.
+                    tokio::task::yield_now().await;
+                    while let Ok(command) = io.command_rx.try_recv() {
+                        if let Some(reply) = engine.handle(command) {
+                            close_reply = Some(reply);
+                        }
+                    }
+                    engine.ack_now = true;
+                    if close_reply.is_some() {
+                        break;
+                    }
+                }
             }
             presence = io.peer_presence.recv_async() => {
                 if let Ok(sample) = presence {
@@ -597,6 +612,8 @@ struct Engine {
     last_heard: Option<Instant>,
     last_sent: Option<Instant>,
     ack_owed: Option<(u64, Instant)>,
+    /// The application had its turn: acknowledge now.
+    ack_now: bool,
     fault: FaultLayer,
     controller: Controller,
     meter: PathMeter,
@@ -643,6 +660,7 @@ impl Engine {
             last_heard: None,
             last_sent: None,
             ack_owed: None,
+            ack_now: false,
             fault: FaultLayer::new(config.faults.clone(), config.fault_seed),
             controller: Controller::new(config.rate_control),
             meter: PathMeter::new(config.report_interval),
@@ -1121,11 +1139,12 @@ impl Engine {
                 // A standalone acknowledgement waits up to `ack_delay`, so that it usually
                 // rides on the application's answer instead of costing a frame of its own.
                 let ack_due = self.ack_owed.is_some_and(|(_, received)| {
-                    now.duration_since(received) >= self.config.ack_delay
+                    self.ack_now || now.duration_since(received) >= self.config.ack_delay
                 });
                 if items.is_empty() && !ack_due && !idle {
                     break;
                 }
+                self.ack_now = false;
                 let ack = self
                     .ack_owed
                     .take()
