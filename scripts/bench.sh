@@ -39,6 +39,10 @@ done
 # Bandwidth prediction error on the evaluation drive, against persistence.
 "$BIN/twinlink-predict-eval" --ahead-s 5 >"$WORK/predict.json"
 
+# Bandwidth prediction against the link's own measurements on a drive through varying
+# coverage (the first lap teaches the map).
+"$BIN/twinlink-drive" --laps 3 --ahead-s 2 >"$WORK/drive.json"
+
 # DR ingest on one core.
 PIN=""; command -v taskset >/dev/null && PIN="taskset -c 0"
 $PIN "$BIN/twinlink-ingest-bench" --objects 50 >"$WORK/ingest.json"
@@ -54,6 +58,7 @@ ingest = load("ingest.json")
 med = lambda runs, key: statistics.median(r[key] for r in runs)
 fresh = {m: load(f"fresh_{m}.json") for m in ("adaptive", "aimd", "fixed")}
 predict = load("predict.json")
+drive = load("drive.json")
 summary = {}
 summary.update({
     "link_rtt_median_us": med(links, "rtt_median_us"),
@@ -74,6 +79,8 @@ summary.update({
     "bandwidth_persistence_5s_median_rel_error": round(predict["persistence_median_relative_error"], 3),
     "bandwidth_prediction_5s_mean_rel_error": round(predict["mean_relative_error"], 3),
     "bandwidth_persistence_5s_mean_rel_error": round(predict["persistence_mean_relative_error"], 3),
+    "bandwidth_link_drive_2s_median_rel_error": round(drive["prediction_median_rel_error"], 3),
+    "bandwidth_link_drive_persistence_2s_median_rel_error": round(drive["persistence_median_rel_error"], 3),
 })
 json.dump(summary, open(out, "w"), indent=2, sort_keys=True)
 print(json.dumps(summary, indent=2, sort_keys=True))

@@ -183,7 +183,15 @@ pub struct Controller {
     sent_frames: u64,
     lost_frames: u64,
     loss: f64,
+    probe_until: Option<Instant>,
 }
+
+/// When the smallest RTT is this old, the window controller briefly shrinks to
+/// [`MIN_WINDOW`] to drain any standing queue and measure the path's RTT afresh (a queue
+/// that never drains would otherwise become the new "minimum").
+const PROBE_AFTER: Duration = Duration::from_secs(8);
+/// How long such a probe lasts at least.
+const PROBE_FOR: Duration = Duration::from_millis(200);
 
 impl Controller {
     /// A controller of kind `mode`.
@@ -202,6 +210,7 @@ impl Controller {
             sent_frames: 0,
             lost_frames: 0,
             loss: 0.0,
+            probe_until: None,
         }
     }
 
@@ -252,6 +261,19 @@ impl Controller {
                 .is_some_and(|(t, _)| now.duration_since(*t) > MIN_RTT_WINDOW)
             {
                 self.min_rtt.pop_front();
+            }
+            if self.mode == RateControl::Window {
+                let min_age = self
+                    .min_rtt
+                    .front()
+                    .map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
+                match self.probe_until {
+                    Some(until) if now >= until => self.probe_until = None,
+                    None if min_age > PROBE_AFTER => {
+                        self.probe_until = Some(now + PROBE_FOR.max(rtt));
+                    }
+                    _ => {}
+                }
             }
             if self.mode == RateControl::Window && self.queue_delay() > TARGET_QUEUE_DELAY {
                 // A queue is building: believe only what is delivered now.
@@ -320,6 +342,9 @@ impl Controller {
         match self.mode {
             RateControl::None | RateControl::Aimd => usize::MAX,
             RateControl::Window => {
+                if self.probe_until.is_some_and(|t| now < t) {
+                    return MIN_WINDOW;
+                }
                 let btl = self.delivered.max_bps(now);
                 if btl <= 0.0 {
                     return INITIAL_WINDOW;
@@ -545,6 +570,32 @@ mod tests {
                 "{bps} bit/s: queue {queue:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stale_minimum_rtt_triggers_a_short_probe_with_the_smallest_window() {
+        let mut c = Controller::new(RateControl::Window);
+        let t0 = Instant::now();
+        c.on_ack(1000, Some(Duration::from_millis(20)), t0);
+        // Then a queue stands: every sample is 40 ms above the minimum, for 8 s.
+        let mut now = t0;
+        for _ in 0..80 {
+            now += Duration::from_millis(100);
+            c.on_ack(4000, Some(Duration::from_millis(60)), now);
+            assert!(
+                c.window_bytes(now) > MIN_WINDOW,
+                "no probe yet at {:?}",
+                now - t0
+            );
+        }
+        // Past 8 s the minimum is stale: the next ack starts a probe.
+        now += Duration::from_millis(100);
+        c.on_ack(4000, Some(Duration::from_millis(60)), now);
+        assert_eq!(c.window_bytes(now + Duration::from_millis(10)), MIN_WINDOW);
+        // The drained path shows its real RTT again; the probe ends.
+        now += Duration::from_millis(250);
+        c.on_ack(1000, Some(Duration::from_millis(21)), now);
+        assert!(c.window_bytes(now + Duration::from_millis(1)) > MIN_WINDOW);
     }
 
     #[test]

@@ -220,3 +220,148 @@ pub async fn freshness(config: FreshnessConfig) -> anyhow::Result<FreshnessRepor
         config,
     })
 }
+
+/// Settings of a drive through varying coverage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoverageDriveConfig {
+    /// Road length [m].
+    pub road_m: f64,
+    /// Speed along the road [m/s].
+    pub speed_mps: f64,
+    /// Laps: the first teaches the coverage map, the others are predicted.
+    pub laps: usize,
+    /// How far ahead predictions look [s].
+    pub ahead_s: f64,
+}
+
+impl Default for CoverageDriveConfig {
+    fn default() -> Self {
+        Self {
+            road_m: 1200.0,
+            speed_mps: 120.0,
+            laps: 2,
+            ahead_s: 2.0,
+        }
+    }
+}
+
+/// What a coverage drive measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoverageDriveReport {
+    /// The settings.
+    pub config: CoverageDriveConfig,
+    /// (time [s], position [m], path rate set [bit/s], measured [bit/s]) every 250 ms.
+    pub samples: Vec<(f64, f64, f64, f64)>,
+    /// Median relative error of the predictor against the later measurement.
+    pub prediction_median_rel_error: f64,
+    /// Median relative error of persistence (last measurement) against the same.
+    pub persistence_median_rel_error: f64,
+    /// Predictions scored.
+    pub scored: usize,
+}
+
+/// The coverage of the drive's road at `x` [bit/s]: good, fading, weak, good again.
+pub fn drive_coverage_bps(x: f64) -> f64 {
+    match x {
+        x if x < 400.0 => 2e6,
+        x if x < 600.0 => 2e6 - (x - 400.0) / 200.0 * 1.8e6,
+        x if x < 800.0 => 2e5,
+        _ => 1.5e6,
+    }
+}
+
+/// Drives a PE along a road whose coverage (the fault layer's rate, both ways) changes
+/// with its position; the PE always has more to send than the path carries, so its
+/// bottleneck estimate measures the path. The DR learns a coverage map from the first lap
+/// and predicts the PE's bandwidth `ahead_s` ahead on the next laps, scored against what
+/// is then measured.
+pub async fn coverage_drive(config: CoverageDriveConfig) -> anyhow::Result<CoverageDriveReport> {
+    use crate::bandwidth::{BandwidthPredictor, BandwidthSample, CoverageMap, PredictionScore};
+
+    let vehicle = VehicleId::new(&format!("drive-{}", rand::random::<u32>()))?;
+    let (pe_keys, dr_keys) = KeyMaterial::generate_pair(&vehicle)?;
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port()?);
+    let mut pe_cfg = LinkConfig::new(pe_keys, ZenohSettings::peer_connecting(&endpoint));
+    let dr_cfg = LinkConfig::new(dr_keys, ZenohSettings::peer_listening(&endpoint));
+    pe_cfg.peer_timeout = Duration::from_secs(3);
+    let mut dr = Link::open(dr_cfg).await?;
+    let mut pe = Link::open(pe_cfg).await?;
+    for link in [&mut pe, &mut dr] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline.into(), link.recv()).await {
+                Ok(Some(LinkEvent::PeerUp { .. })) => break,
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("the link did not come up"),
+            }
+        }
+    }
+    let lap_s = config.road_m / config.speed_mps;
+    let total_s = lap_s * config.laps as f64;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut next_sample = 0.25;
+    let mut samples = Vec::new();
+    let mut predictor: Option<BandwidthPredictor> = None;
+    let mut map = CoverageMap::new(25.0);
+    let (mut ours, mut persistence) = (PredictionScore::default(), PredictionScore::default());
+    let blob = vec![0x33u8; 20_000];
+    while start.elapsed().as_secs_f64() < total_s {
+        tick.tick().await;
+        let t = start.elapsed().as_secs_f64();
+        let x = (t * config.speed_mps) % config.road_m;
+        let rate = drive_coverage_bps(x);
+        let plan: FaultPlan =
+            format!("rate_kbps={},queue_kb=64", (rate / 1000.0) as u64).parse()?;
+        pe.faults().set_plan(plan.clone());
+        dr.faults().set_plan(plan);
+        let now = now_us();
+        pe.send(crate::sync::Message {
+            stream: "probe".into(),
+            priority: Priority::Objects,
+            type_name: "twinlink/Probe".into(),
+            created_us: now,
+            payload: blob.clone(),
+        })?;
+        while pe.try_recv().is_some() {}
+        while dr.try_recv().is_some() {}
+        if t < next_sample {
+            continue;
+        }
+        next_sample += 0.25;
+        // The DR's view: the PE's own estimate of its uplink, from its reports.
+        let measured = dr.stats().await?.peer_received.sender_bottleneck_bps as f64;
+        if measured <= 0.0 {
+            continue;
+        }
+        samples.push((t, x, rate, measured));
+        let sample = BandwidthSample {
+            t_s: t,
+            x,
+            y: 0.0,
+            bps: measured,
+        };
+        let lap = (t / lap_s) as usize;
+        if lap == 0 {
+            map.learn(&sample);
+            continue;
+        }
+        let p = predictor.get_or_insert_with(|| BandwidthPredictor::new(map.clone()));
+        ours.measured(&sample, 0.13);
+        persistence.measured(&sample, 0.13);
+        p.observe(sample);
+        if let Some(predicted) = p.predict(config.speed_mps, 0.0, config.ahead_s) {
+            ours.predicted(t + config.ahead_s, predicted);
+            persistence.predicted(t + config.ahead_s, measured);
+        }
+    }
+    pe.close().await;
+    dr.close().await;
+    Ok(CoverageDriveReport {
+        prediction_median_rel_error: ours.median(),
+        persistence_median_rel_error: persistence.median(),
+        scored: ours.relative_errors.len(),
+        samples,
+        config,
+    })
+}

@@ -57,6 +57,12 @@ struct Applied {
     horizon_s: f64,
     longest_horizon_s: f64,
     samples: u64,
+    /// When the newest state was applied.
+    state_at: Option<Instant>,
+    /// Where the twin believes the PE is while it is away: dead-reckoned from its newest
+    /// state [m].
+    predicted_position: Option<(f64, f64)>,
+    predictions_while_away: u64,
 }
 
 fn load_map(path: &Option<PathBuf>) -> anyhow::Result<CoverageMap> {
@@ -108,6 +114,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 // The PE's uplink as the PE itself estimates it (its reports), or nothing
                 // when it is gone: both teach the map where coverage is.
                 let s = link.stats().await?;
+                if !s.peer_alive {
+                    if let Some(at) = applied.state_at {
+                        // The PE is away: keep its twin moving with it.
+                        let dt = at.elapsed().as_secs_f64();
+                        let (x, y) = applied.position;
+                        let (vx, vy) = applied.velocity;
+                        applied.predicted_position = Some((x + vx * dt, y + vy * dt));
+                        applied.predictions_while_away += 1;
+                    }
+                }
                 if applied.states > 0 {
                     let bps = if s.peer_alive { s.peer_received.sender_bottleneck_bps as f64 } else { 0.0 };
                     if bps > 0.0 || !s.peer_alive {
@@ -130,7 +146,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", json!({"t_s": started.elapsed().as_secs_f64(), "peer_alive": s.peer_alive,
                     "summaries": applied.summaries, "recommendations": applied.recommendations,
                     "rtt_us": s.rtt.smoothed_us, "rejected": s.rejected_total(),
-                    "pe_uplink_bps": s.peer_received.sender_bottleneck_bps, "horizon_s": applied.horizon_s}));
+                    "pe_uplink_bps": s.peer_received.sender_bottleneck_bps, "horizon_s": applied.horizon_s,
+                    "predicted_position": applied.predicted_position}));
             }
             event = link.recv() => {
                 let Some(event) = event else { break };
@@ -158,6 +175,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "max_state_age_us": applied.max_state_age_us,
         "bandwidth_samples": applied.samples,
         "longest_horizon_s": applied.longest_horizon_s,
+        "predictions_while_away": applied.predictions_while_away,
+        "predicted_position": applied.predicted_position,
         "link": stats,
     });
     if let Some(path) = args.report {
@@ -217,6 +236,7 @@ fn handle(
                     vx * yaw.sin() + vy * yaw.cos(),
                 );
                 applied.position = (state.pose.position.x, state.pose.position.y);
+                applied.state_at = Some(Instant::now());
                 applied.newest_state_created_us =
                     applied.newest_state_created_us.max(message.created_us);
                 let age = now_us().saturating_sub(message.created_us);
