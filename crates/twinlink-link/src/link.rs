@@ -387,6 +387,23 @@ impl Link {
         self.events.recv().await
     }
 
+    /// Waits until the peer is reachable (events before that are consumed), at most `within`.
+    pub async fn wait_peer_up(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(LinkEvent::PeerUp { .. })) => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("the link stopped"),
+                Err(_) => anyhow::bail!(
+                    "no {} answered within {:.1} s",
+                    self.role.peer().as_str().to_uppercase(),
+                    within.as_secs_f64()
+                ),
+            }
+        }
+    }
+
     /// An event if one is ready.
     pub fn try_recv(&mut self) -> Option<LinkEvent> {
         self.events.try_recv().ok()
@@ -1049,9 +1066,9 @@ impl Engine {
         if let Some(ack) = &envelope.ack {
             let (bytes, rtt) = self.sender.on_ack_counting(ack, received_us);
             self.controller.on_ack(bytes, rtt, now);
-            let bottleneck = self.controller.estimate(now).bottleneck_bps;
-            if bottleneck > 0 {
-                self.sender.set_transfer_rate(bottleneck as f64);
+            let bottleneck = self.controller.bottleneck_bps(now);
+            if bottleneck > 0.0 {
+                self.sender.set_transfer_rate(bottleneck);
             }
         }
         if !envelope.items.is_empty() {
@@ -1155,7 +1172,7 @@ impl Engine {
                     .or_else(|| Some(self.receiver.ack(0, 0)));
                 let done = items.is_empty();
                 let report = self.meter.take_report(now).map(|mut r| {
-                    r.sender_bottleneck_bps = self.controller.estimate(now).bottleneck_bps;
+                    r.sender_bottleneck_bps = self.controller.bottleneck_bps(now) as u64;
                     r
                 });
                 let envelope = Envelope {

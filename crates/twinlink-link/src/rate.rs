@@ -337,6 +337,11 @@ impl Controller {
         }
     }
 
+    /// The bottleneck rate estimate: the highest delivery rate of the last 2 s [bit/s].
+    pub fn bottleneck_bps(&self, now: Instant) -> f64 {
+        self.delivered.max_bps(now)
+    }
+
     /// Bytes allowed in flight.
     pub fn window_bytes(&self, now: Instant) -> usize {
         match self.mode {

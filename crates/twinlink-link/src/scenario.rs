@@ -85,8 +85,31 @@ pub struct FreshnessReport {
     pub pe: LinkStats,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free TCP endpoint on loopback, e.g. `tcp/127.0.0.1:40123`.
+pub fn loopback_endpoint() -> anyhow::Result<String> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(format!("tcp/127.0.0.1:{port}"))
+}
+
+/// A fresh vehicle's PE and DR configurations on a free loopback endpoint (the DR listens,
+/// the PE connects).
+pub fn pair_configs(prefix: &str) -> anyhow::Result<(LinkConfig, LinkConfig)> {
+    let vehicle = VehicleId::new(&format!("{prefix}-{}", rand::random::<u32>()))?;
+    let (pe_keys, dr_keys) = KeyMaterial::generate_pair(&vehicle)?;
+    let endpoint = loopback_endpoint()?;
+    Ok((
+        LinkConfig::new(pe_keys, ZenohSettings::peer_connecting(&endpoint)),
+        LinkConfig::new(dr_keys, ZenohSettings::peer_listening(&endpoint)),
+    ))
+}
+
+/// Opens both ends and waits until each sees the other: `(pe, dr)`.
+pub async fn open_pair(pe: LinkConfig, dr: LinkConfig) -> anyhow::Result<(Link, Link)> {
+    let mut dr = Link::open(dr).await?;
+    let mut pe = Link::open(pe).await?;
+    pe.wait_peer_up(Duration::from_secs(10)).await?;
+    dr.wait_peer_up(Duration::from_secs(10)).await?;
+    Ok((pe, dr))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -98,29 +121,15 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs the freshness scenario.
 pub async fn freshness(config: FreshnessConfig) -> anyhow::Result<FreshnessReport> {
-    let vehicle = VehicleId::new(&format!("fresh-{}", rand::random::<u32>()))?;
-    let (pe_keys, dr_keys) = KeyMaterial::generate_pair(&vehicle)?;
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port()?);
     let plan: FaultPlan = format!("rate_kbps={},queue_kb=65536", config.rate_kbps).parse()?;
-    let mut pe_cfg = LinkConfig::new(pe_keys, ZenohSettings::peer_connecting(&endpoint));
-    let mut dr_cfg = LinkConfig::new(dr_keys, ZenohSettings::peer_listening(&endpoint));
+    let (mut pe_cfg, mut dr_cfg) = pair_configs("fresh")?;
+    let vehicle = pe_cfg.material.vehicle.clone();
     pe_cfg.rate_control = config.rate_control;
     dr_cfg.rate_control = config.rate_control;
     // A slow path makes silence longer: allow for a few frames' serialization.
     pe_cfg.peer_timeout = Duration::from_secs(3);
     dr_cfg.peer_timeout = Duration::from_secs(3);
-    let mut dr = Link::open(dr_cfg).await?;
-    let mut pe = Link::open(pe_cfg).await?;
-    for link in [&mut pe, &mut dr] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline.into(), link.recv()).await {
-                Ok(Some(LinkEvent::PeerUp { .. })) => break,
-                Ok(Some(_)) => {}
-                _ => anyhow::bail!("the link did not come up"),
-            }
-        }
-    }
+    let (mut pe, mut dr) = open_pair(pe_cfg, dr_cfg).await?;
     pe.faults().set_plan(plan.clone());
     dr.faults().set_plan(plan);
 
@@ -278,24 +287,9 @@ pub fn drive_coverage_bps(x: f64) -> f64 {
 pub async fn coverage_drive(config: CoverageDriveConfig) -> anyhow::Result<CoverageDriveReport> {
     use crate::bandwidth::{BandwidthPredictor, BandwidthSample, CoverageMap, PredictionScore};
 
-    let vehicle = VehicleId::new(&format!("drive-{}", rand::random::<u32>()))?;
-    let (pe_keys, dr_keys) = KeyMaterial::generate_pair(&vehicle)?;
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port()?);
-    let mut pe_cfg = LinkConfig::new(pe_keys, ZenohSettings::peer_connecting(&endpoint));
-    let dr_cfg = LinkConfig::new(dr_keys, ZenohSettings::peer_listening(&endpoint));
+    let (mut pe_cfg, dr_cfg) = pair_configs("drive")?;
     pe_cfg.peer_timeout = Duration::from_secs(3);
-    let mut dr = Link::open(dr_cfg).await?;
-    let mut pe = Link::open(pe_cfg).await?;
-    for link in [&mut pe, &mut dr] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline.into(), link.recv()).await {
-                Ok(Some(LinkEvent::PeerUp { .. })) => break,
-                Ok(Some(_)) => {}
-                _ => anyhow::bail!("the link did not come up"),
-            }
-        }
-    }
+    let (mut pe, mut dr) = open_pair(pe_cfg, dr_cfg).await?;
     let lap_s = config.road_m / config.speed_mps;
     let total_s = lap_s * config.laps as f64;
     let start = Instant::now();

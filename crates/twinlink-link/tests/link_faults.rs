@@ -3,50 +3,19 @@
 //! Every test uses its own ports and vehicle id, so they run in parallel.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use twinlink_link::fault::FaultPlan;
 use twinlink_link::link::now_us;
-use twinlink_link::{
-    KeyMaterial, Link, LinkConfig, LinkEvent, Message, Priority, VehicleId, ZenohSettings,
-};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use twinlink_link::scenario;
+use twinlink_link::{Link, LinkConfig, LinkEvent, Message, Priority};
 
 fn configs(name: &str) -> (LinkConfig, LinkConfig) {
-    let vehicle = VehicleId::new(name).unwrap();
-    let (pe, dr) = KeyMaterial::generate_pair(&vehicle).unwrap();
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    (
-        LinkConfig::new(pe, ZenohSettings::peer_connecting(&endpoint)),
-        LinkConfig::new(dr, ZenohSettings::peer_listening(&endpoint)),
-    )
-}
-
-async fn wait_up(link: &mut Link, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), link.recv()).await {
-            Ok(Some(LinkEvent::PeerUp { .. })) => return,
-            Ok(Some(_)) => {}
-            other => panic!("{:?} never saw its peer: {other:?}", link.role()),
-        }
-    }
+    scenario::pair_configs(name).unwrap()
 }
 
 async fn open_pair(pe: LinkConfig, dr: LinkConfig) -> (Link, Link) {
-    let mut dr = Link::open(dr).await.unwrap();
-    let mut pe = Link::open(pe).await.unwrap();
-    wait_up(&mut pe, Duration::from_secs(10)).await;
-    wait_up(&mut dr, Duration::from_secs(10)).await;
-    (pe, dr)
+    scenario::open_pair(pe, dr).await.unwrap()
 }
 
 fn numbered(i: u64, priority: Priority) -> Message {

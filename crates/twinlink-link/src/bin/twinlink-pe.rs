@@ -93,6 +93,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
+        anyhow::bail!(
+            "--timeout-s must be a positive number, got {}",
+            args.timeout_s
+        );
+    }
     if !(args.rate_hz.is_finite() && args.rate_hz > 0.0) {
         anyhow::bail!("--rate-hz must be a positive number, got {}", args.rate_hz);
     }
@@ -100,15 +106,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let vehicle = args.end.vehicle.to_string();
     let mut link = Link::open(config).await?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout_s);
-    // Wait for the DR.
-    loop {
-        match tokio::time::timeout_at(deadline.into(), link.recv()).await {
-            Ok(Some(LinkEvent::PeerUp { .. })) => break,
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the link stopped"),
-            Err(_) => anyhow::bail!("no DR answered within {} s", args.timeout_s),
-        }
-    }
+    link.wait_peer_up(Duration::from_secs_f64(args.timeout_s))
+        .await?;
     info!(%vehicle, "DR reachable");
     let mut received = Received::default();
     let started = Instant::now();
