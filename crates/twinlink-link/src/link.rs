@@ -36,7 +36,7 @@ use crate::protocol::{self, Envelope, PathReport, SyncState};
 use crate::rate::{Controller, PathEstimate, PathMeter, RateControl};
 use crate::sync::{
     Ack, Delivered, Message, Outbox, OutboxStats, PushOutcome, Receiver, ReceiverStats, Sender,
-    SenderStats,
+    SenderStats, WireItem,
 };
 
 /// Microseconds since the Unix epoch.
@@ -255,7 +255,27 @@ pub struct LinkStats {
     pub received: PathReport,
     /// What the peer measured of the path from this end (its newest report).
     pub peer_received: PathReport,
+    /// Time from a message's `created_us` to the hand-over to Zenoh of the frame that first
+    /// carries it, over the newest messages.
+    #[serde(default)]
+    pub egress: EgressStats,
 }
+
+/// Percentiles of the time messages spend in this end before leaving on Zenoh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStats {
+    /// Messages measured since the link started.
+    pub messages: u64,
+    /// Median over the newest (at most 4096) messages, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile over the same, microseconds.
+    pub p99_us: u64,
+    /// Largest over the same, microseconds.
+    pub max_us: u64,
+}
+
+/// Newest egress samples kept for percentiles.
+const EGRESS_SAMPLES: usize = 4096;
 
 impl LinkStats {
     /// Refusals counted under `reason`.
@@ -486,6 +506,9 @@ async fn run(mut engine: Engine, mut io: Io) {
                 warn!(error = %e, "zenoh put failed");
             }
         }
+        if !engine.egress_pending.is_empty() {
+            engine.record_egress(now_us());
+        }
         if let Some(session) = engine.wants_handshake(now) {
             start_handshake(&io, session);
         }
@@ -640,6 +663,10 @@ struct Engine {
     stats: LinkStats,
     plaintext: Vec<u8>,
     log_budget: (Instant, u32, u64),
+    /// created_us of messages sealed for the first time, not yet handed to Zenoh.
+    egress_pending: Vec<u64>,
+    /// Newest egress times, microseconds.
+    egress_samples: VecDeque<u64>,
 }
 
 const MAX_SEEN_SESSIONS: usize = 4096;
@@ -687,6 +714,8 @@ impl Engine {
             stats,
             plaintext: Vec::new(),
             log_budget: (Instant::now(), 0, 0),
+            egress_pending: Vec::new(),
+            egress_samples: VecDeque::new(),
             config,
         }
     }
@@ -769,7 +798,27 @@ impl Engine {
             min_us: us(rtt.min()),
             latest_us: us(rtt.latest()),
         };
+        let mut samples: Vec<u64> = self.egress_samples.iter().copied().collect();
+        let (p50_us, p99_us, max_us) = crate::cli::percentiles(&mut samples);
+        s.egress = EgressStats {
+            messages: self.stats.egress.messages,
+            p50_us,
+            p99_us,
+            max_us,
+        };
         s
+    }
+
+    /// Frames sealed since the last call are on their way: time their first messages.
+    fn record_egress(&mut self, now_us: u64) {
+        for created in self.egress_pending.drain(..) {
+            if self.egress_samples.len() == EGRESS_SAMPLES {
+                self.egress_samples.pop_front();
+            }
+            self.egress_samples
+                .push_back(now_us.saturating_sub(created));
+            self.stats.egress.messages += 1;
+        }
     }
 
     fn emit(&self, event: LinkEvent) {
@@ -1141,10 +1190,18 @@ impl Engine {
                 let items = if self.peer_alive && !paced {
                     self.sender
                         .set_max_in_flight_bytes(self.controller.window_bytes(now));
-                    let before = self.sender.stats().retransmitted;
+                    let before = self.sender.stats();
                     let items = self.sender.next_items(now, self.config.frame_budget);
-                    for _ in before..self.sender.stats().retransmitted {
+                    let after = self.sender.stats();
+                    for _ in before.retransmitted..after.retransmitted {
                         self.controller.on_retransmit();
+                    }
+                    // First transmissions come last in the frame.
+                    let first = (after.sent - before.sent) as usize;
+                    for item in &items[items.len().saturating_sub(first)..] {
+                        if let WireItem::Data { message, .. } = item {
+                            self.egress_pending.push(message.created_us);
+                        }
                     }
                     items
                 } else {

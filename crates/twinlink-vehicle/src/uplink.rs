@@ -100,10 +100,22 @@ pub fn parameters() -> Vec<ParamSpec> {
             1.0,
             "loss rate above which the link is reported DEGRADED",
         ),
+        ParamSpec::string(
+            "summary_topics",
+            "perception/objects/lidar,perception/objects/radar,perception/objects/camera",
+            &[],
+            "PerceptionSummary topics to uplink, comma separated",
+        ),
+        ParamSpec::string(
+            "report_file",
+            "",
+            &[],
+            "write the link's and node's counters here as JSON at exit; empty = none",
+        ),
         ParamSpec::bool(
             "publish_markers",
             true,
-            "publish ~/markers (what the twin sees and advises)",
+            "publish twin/markers (what the twin sees and advises)",
         ),
     ]
 }
@@ -135,8 +147,12 @@ pub struct UplinkConfig {
     pub max_summary_age: f64,
     /// Loss rate that makes the link DEGRADED.
     pub degraded_loss: f64,
+    /// Summary topics to subscribe.
+    pub summary_topics: Vec<String>,
     /// Publish markers.
     pub publish_markers: bool,
+    /// JSON report at exit.
+    pub report_file: String,
 }
 
 fn endpoints(list: &str) -> Vec<String> {
@@ -171,7 +187,9 @@ impl UplinkConfig {
             max_objects: p.usize("max_objects"),
             max_summary_age: p.f64("max_summary_age"),
             degraded_loss: p.f64("degraded_loss"),
+            summary_topics: endpoints(p.str("summary_topics")),
             publish_markers: p.bool("publish_markers"),
+            report_file: p.str("report_file").to_string(),
         };
         if config.key_file.is_empty() {
             return Err(
@@ -419,7 +437,7 @@ pub fn priority_of(stream: &str) -> Priority {
 }
 
 /// What the node counts besides the link's own counters.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct NodeCounters {
     /// Inputs refused, by reason (decode errors and [`InputError::kind`]).
     pub rejected: BTreeMap<String, u64>,
