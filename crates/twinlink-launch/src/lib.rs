@@ -8,6 +8,7 @@
 
 pub mod interop;
 pub mod link_demo;
+pub mod vehicle;
 
 use anyhow::{Context as _, Result};
 use std::os::unix::process::CommandExt as _;

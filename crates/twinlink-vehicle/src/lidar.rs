@@ -4,12 +4,15 @@
 //! 1. **Crop** to the configured range and height band, and drop the vehicle's own body.
 //! 2. **Ground removal** on a polar grid: the lowest point of each (sector, range bin) cell
 //!    is a ground candidate; walking outward along each sector, a candidate is accepted as
-//!    ground when it continues the last accepted ground height within the allowed slope, so
-//!    the bottoms of objects are not mistaken for a step in the road. Points higher than
+//!    ground when its cell is flat (its points rise no more than the road can within it) and
+//!    it continues the last accepted ground height within the allowed slope, so the bottoms
+//!    of objects are not mistaken for a step in the road. Points higher than
 //!    `ground_height_threshold` above their cell's ground are kept.
 //! 3. **Voxel downsampling** of what is left (centroid per voxel, weighted by points).
-//! 4. **Euclidean clustering**: voxels closer than `cluster_tolerance` join one cluster
-//!    (spatial hash of cell size `cluster_tolerance` and union-find).
+//! 4. **Euclidean clustering**: voxels closer than `cluster_tolerance` in the ground plane
+//!    and `cluster_vertical_tolerance` in height join one cluster (spatial hash of cell size
+//!    `cluster_tolerance` and union-find). The looser vertical gap bridges the rows of a
+//!    LiDAR with few beams (16 beams leave 0.7 m between rows at 20 m).
 //! 5. **Box fitting**: search-based L-shape fitting (closeness criterion, Zhang et al.,
 //!    "Efficient L-Shape Fitting for Vehicle Detection Using Laser Scanners", IV 2017) in
 //!    1 degree steps, then a **class by size**, then the box is **completed to the class's
@@ -65,6 +68,9 @@ pub struct LidarConfig {
     pub voxel_size: f32,
     /// Voxels closer than this belong to the same object [m].
     pub cluster_tolerance: f32,
+    /// Voxels this far apart in height (and within `cluster_tolerance` in the ground plane)
+    /// belong to the same object [m].
+    pub cluster_vertical_tolerance: f32,
     /// Clusters of fewer raw points are noise.
     pub min_cluster_points: usize,
     /// Clusters of more raw points are split off as unknown structure (walls, barriers).
@@ -95,6 +101,7 @@ impl Default for LidarConfig {
             ground_height_threshold: 0.2,
             voxel_size: 0.15,
             cluster_tolerance: 0.6,
+            cluster_vertical_tolerance: 1.5,
             min_cluster_points: 6,
             max_cluster_points: 60_000,
             max_object_length: 20.0,
@@ -205,6 +212,13 @@ pub fn parameters() -> Vec<ParamSpec> {
             3.0,
             "largest gap inside one object [m]",
         ),
+        ParamSpec::double(
+            "cluster_vertical_tolerance",
+            d.cluster_vertical_tolerance as f64,
+            0.1,
+            5.0,
+            "largest height gap inside one object [m]",
+        ),
         ParamSpec::int(
             "min_cluster_points",
             d.min_cluster_points as i64,
@@ -265,6 +279,7 @@ impl LidarConfig {
             ground_height_threshold: p.f32("ground_height_threshold"),
             voxel_size: p.f32("voxel_size"),
             cluster_tolerance: p.f32("cluster_tolerance"),
+            cluster_vertical_tolerance: p.f32("cluster_vertical_tolerance"),
             min_cluster_points: p.usize("min_cluster_points"),
             max_cluster_points: p.usize("max_cluster_points"),
             max_object_length: p.f32("max_object_length"),
@@ -315,6 +330,7 @@ pub struct LidarSummarizer {
     config: LidarConfig,
     ids: IdAssigner,
     ground: Vec<f32>,
+    highest: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -330,6 +346,7 @@ impl LidarSummarizer {
             config: config.clone(),
             ids: IdAssigner::new(config.association_gate as f64),
             ground: Vec::new(),
+            highest: Vec::new(),
         }
     }
 
@@ -385,6 +402,8 @@ impl LidarSummarizer {
         let mut kept: Vec<([f32; 3], u32)> = Vec::with_capacity(points.len());
         self.ground.clear();
         self.ground.resize(sectors * bins, f32::INFINITY);
+        self.highest.clear();
+        self.highest.resize(sectors * bins, f32::NEG_INFINITY);
         let sector_scale = sectors as f32 / std::f32::consts::TAU;
         for p in points {
             let (dx, dy) = (p[0] - sensor[0], p[1] - sensor[1]);
@@ -400,6 +419,8 @@ impl LidarSummarizer {
             let cell = (sector * bins + bin) as u32;
             let lowest = &mut self.ground[cell as usize];
             *lowest = lowest.min(p[2]);
+            let highest = &mut self.highest[cell as usize];
+            *highest = highest.max(p[2]);
             kept.push((*p, cell));
         }
 
@@ -407,12 +428,19 @@ impl LidarSummarizer {
         let slope = c.ground_max_slope.tan();
         for sector in 0..sectors {
             let row = &mut self.ground[sector * bins..(sector + 1) * bins];
+            let tops = &self.highest[sector * bins..(sector + 1) * bins];
             let (mut last_z, mut last_r) = (c.ground_z, 0.0f32);
-            for (bin, cell) in row.iter_mut().enumerate() {
+            // A cell whose points rise more than the road can within it holds something
+            // standing (the bottom of a car's face), not road.
+            let flat = c.ground_height_threshold + slope * c.ground_bin;
+            for (bin, (cell, top)) in row.iter_mut().zip(tops).enumerate() {
                 let r = (bin as f32 + 0.5) * c.ground_bin;
                 let candidate = *cell;
                 let allowed = c.ground_height_threshold + slope * (r - last_r);
-                if candidate.is_finite() && (candidate - last_z).abs() <= allowed {
+                if candidate.is_finite()
+                    && top - candidate <= flat
+                    && (candidate - last_z).abs() <= allowed
+                {
                     last_z = candidate;
                     last_r = r;
                 }
@@ -460,6 +488,7 @@ impl LidarSummarizer {
 
         // 4. Euclidean clustering: spatial hash on (x, y) and union-find.
         let tol = c.cluster_tolerance;
+        let vtol = c.cluster_vertical_tolerance;
         let inv_cell = 1.0 / tol;
         let mut cells: FxHashMap<(i32, i32), Vec<u32>> = FxHashMap::default();
         for (i, p) in centroids.iter().enumerate() {
@@ -487,10 +516,8 @@ impl LidarSummarizer {
                         let candidates = if same { &other[k + 1..] } else { &other[..] };
                         for &b in candidates {
                             let pb = centroids[b as usize];
-                            let d2 = (pa[0] - pb[0]).powi(2)
-                                + (pa[1] - pb[1]).powi(2)
-                                + (pa[2] - pb[2]).powi(2);
-                            if d2 <= tol2 {
+                            let d2 = (pa[0] - pb[0]).powi(2) + (pa[1] - pb[1]).powi(2);
+                            if d2 <= tol2 && (pa[2] - pb[2]).abs() <= vtol {
                                 sets.union(a, b);
                             }
                         }
@@ -545,12 +572,15 @@ impl LidarSummarizer {
             };
             let mut grew = false;
             for &j in &by_size[k + 1..] {
-                if groups[j].merged
-                    || !groups[j]
-                        .points
-                        .iter()
-                        .all(|p| inside(&host, p, MERGE_MARGIN))
-                {
+                let j_inside_host = groups[j]
+                    .points
+                    .iter()
+                    .all(|p| inside(&host, p, MERGE_MARGIN));
+                let host_inside_j = groups[j]
+                    .object
+                    .as_ref()
+                    .is_some_and(|o| groups[i].points.iter().all(|p| inside(o, p, MERGE_MARGIN)));
+                if groups[j].merged || !(j_inside_host || host_inside_j) {
                     continue;
                 }
                 let (points, ground, raw) = (
@@ -692,10 +722,14 @@ fn complete_extent(extent: [f32; 2], size: f32, sensor: f32) -> ([f32; 2], bool)
     if extent[1] - extent[0] >= size {
         return (extent, false);
     }
-    if (extent[0] - sensor).abs() <= (extent[1] - sensor).abs() {
+    if sensor <= extent[0] {
         ([extent[0], extent[0] + size], true)
-    } else {
+    } else if sensor >= extent[1] {
         ([extent[1] - size, extent[1]], true)
+    } else {
+        // The sensor is beside the object on this axis: both ends are seen; grow evenly.
+        let middle = (extent[0] + extent[1]) / 2.0;
+        ([middle - size / 2.0, middle + size / 2.0], true)
     }
 }
 
@@ -857,6 +891,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sixteen_beam_lidar_sees_whole_cars() {
+        let scene = Scene {
+            objects: vec![
+                SceneObject::car(22.0, 0.2, 0.0),
+                SceneObject::car(14.0, -3.6, 0.04),
+            ],
+        };
+        let model = LidarModel {
+            beams: 16,
+            columns: 512,
+            lowest: (-25f64).to_radians(),
+            highest: 3f64.to_radians(),
+            height: 1.8,
+            ..LidarModel::default()
+        };
+        let mut s = LidarSummarizer::new(LidarConfig {
+            mounting: model.mounting(),
+            ..Default::default()
+        });
+        let (summary, stats) = s.summarize(&model.scan(&scene, 4)).unwrap();
+        let found: Vec<_> = summary
+            .objects
+            .iter()
+            .map(|o| {
+                (
+                    o.position.x as f32,
+                    o.position.y as f32,
+                    o.dimensions.z as f32,
+                    o.classification,
+                )
+            })
+            .collect();
+        assert_eq!(summary.objects.len(), 2, "{stats:?} {found:?}");
+    }
+
+    #[test]
     fn ids_are_stable_across_frames() {
         let model = LidarModel::default();
         let mut scene = scene();
@@ -933,5 +1003,7 @@ mod tests {
             ([-14.5, -10.0], true)
         );
         assert_eq!(complete_extent([0.0, 5.0], 4.5, 0.0), ([0.0, 5.0], false));
+        // A face seen edge-on from beside it grows evenly.
+        assert_eq!(complete_extent([-1.0, 1.0], 4.0, 0.0), ([-2.0, 2.0], true));
     }
 }
