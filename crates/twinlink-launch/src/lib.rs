@@ -7,6 +7,7 @@
 //! - [`interop`] runs the r2r <-> rclpy message exchange and reads both sides' reports.
 
 pub mod interop;
+pub mod launch_file;
 pub mod link_demo;
 pub mod vehicle;
 

@@ -87,7 +87,10 @@ impl Default for LidarConfig {
     fn default() -> Self {
         LidarConfig {
             sensor_id: "lidar_top".into(),
-            mounting: Mounting::default(),
+            mounting: Mounting {
+                z: 1.9,
+                ..Default::default()
+            },
             min_range: 1.0,
             max_range: 100.0,
             max_height: 4.5,
