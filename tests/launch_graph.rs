@@ -127,6 +127,9 @@ fn vehicle_launch_brings_up_all_nodes_and_the_link_to_the_twin() {
         "lidar/points",
         "radar/points",
         "odom",
+        "camera/image_raw",
+        "camera/camera_info",
+        "perception/objects/camera",
         "perception/objects/lidar",
         "perception/objects/radar",
         "twin/recommendation",
@@ -155,7 +158,13 @@ fn carla_and_gazebo_variants_remap_onto_the_simulators_topics() {
         &["lidar_summarizer", "radar_summarizer", "twin_link_node"],
     );
     let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
-    for t in ["lidar", "radar_front", "odometry"] {
+    for t in [
+        "lidar",
+        "radar_front",
+        "odometry",
+        "rgb_front/image",
+        "rgb_front/camera_info",
+    ] {
         let full = format!("/carla/{}/{t}", l.vehicle);
         assert!(topics.contains(&full), "{full} missing from {topics:?}");
     }

@@ -279,3 +279,73 @@ fn advice(vehicle: &VehicleId) -> Recommendation {
         ],
     }
 }
+
+fn detector_model() -> String {
+    twinlink_launch::workspace_root()
+        .join("models/camera_detector/detector.onnx")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn camera_objects_land_on_the_road_where_the_scene_put_them() {
+    let run = VehicleRun::new("camera").unwrap();
+    let _node = run
+        .spawn_node("camera_summarizer", &[("model_path", detector_model())])
+        .unwrap();
+    let report = run
+        .run_peer("camera", &["--frames", "6"], PEER_TIMEOUT)
+        .unwrap();
+    let log = run.log("camera_summarizer");
+    let frames = frames(&report);
+    assert!(frames.len() >= 5, "{report}\n{log}");
+    let (mut found, mut truth, mut phantoms, mut class_ok) = (0, 0, 0, 0);
+    for frame in frames {
+        truth += frame["truth"].as_u64().unwrap();
+        phantoms += frame["phantoms"].as_u64().unwrap();
+        for e in frame["errors"].as_array().unwrap() {
+            found += 1;
+            class_ok += e["class_ok"].as_bool().unwrap() as u64;
+            // A 320 x 180 camera 1.4 m above the road: one pixel at the bottom edge is
+            // range^2 / (200 px * 1.4 m) of range, 1.4 m at 20 m.
+            let range = e["range_m"].as_f64().unwrap();
+            let bound = 1.0 + 0.1 * range + range * range / 280.0;
+            assert!(
+                e["error_m"].as_f64().unwrap() <= bound,
+                "{e} beyond {bound:.1} m: {frame}"
+            );
+        }
+    }
+    assert!(
+        found as f64 >= 0.85 * truth as f64,
+        "found {found} of {truth}: {report}"
+    );
+    assert!(phantoms <= 1, "{phantoms} phantom objects: {report}");
+    assert!(
+        class_ok as f64 >= 0.85 * found as f64,
+        "{class_ok} of {found} classes right: {report}"
+    );
+}
+
+#[test]
+fn camera_without_model_or_calibration_counts_and_keeps_running() {
+    let run = VehicleRun::new("bad_camera").unwrap();
+    let mut node = run
+        .spawn_node(
+            "camera_summarizer",
+            &[("model_path", "/nonexistent/detector.onnx".into())],
+        )
+        .unwrap();
+    let report = run.run_peer("bad_camera", &[], PEER_TIMEOUT).unwrap();
+    let log = run.log("camera_summarizer");
+    assert!(
+        node.wait_timeout(Duration::ZERO).unwrap().is_none(),
+        "the node died:\n{log}"
+    );
+    let d = &report["diagnostics"];
+    assert_eq!(d["refused_no_camera_info"], "1", "{d}\n{log}");
+    assert_eq!(d["refused_unsupported_encoding"], "1", "{d}\n{log}");
+    assert_eq!(d["refused_model_missing"], "1", "{d}\n{log}");
+    assert!(log.contains("/nonexistent/detector.onnx"), "{log}");
+    assert!(log.contains("yuv422"), "{log}");
+}

@@ -165,8 +165,8 @@ const RUST_KEYWORDS: &[&str] = &[
     "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
 ];
 
-/// Field names that are Rust keywords get a trailing underscore, as r2r does, so the serde
-/// names of both match.
+/// Field names that are Rust keywords get a trailing underscore in Rust, as r2r does; serde
+/// keeps the ROS name (`type`), as r2r's does, so values convert between the two.
 fn rust_field_name(name: &str) -> String {
     if RUST_KEYWORDS.contains(&name) {
         format!("{name}_")
@@ -287,6 +287,10 @@ fn generate_message(def: &MessageDef, kind: &str, rust_name: &str) -> String {
                 out.push_str("#[serde(with = \"serde_bytes\")]\n")
             }
             _ => {}
+        }
+        if rust_field_name(&field.name) != field.name {
+            // The ROS name on the wire of every serde format (JSON included), as r2r does.
+            writeln!(out, "#[serde(rename = \"{}\")]", field.name).unwrap();
         }
         writeln!(
             out,

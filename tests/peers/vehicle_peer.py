@@ -12,7 +12,12 @@ Modes:
              match targets and their velocities over ground.
   bad_input  publish malformed clouds, then a good one; report what came back and the
              node's /diagnostics counters.
+  camera     publish rendered camera images and CameraInfo of known scenes; match objects.
+  bad_camera publish an image before CameraInfo, an unsupported encoding and a good
+             image; report the node's /diagnostics counters.
   link       publish odometry and summaries at 20 Hz; record the recommendations.
+  drive      all sensors of a vehicle in traffic at 10 Hz (camera 5 Hz), for the demo;
+             report raw and summary bytes and what the twin sent back.
   graph      wait until the given nodes are on the graph; report topics and nodes.
 """
 import argparse
@@ -20,13 +25,18 @@ import json
 import sys
 import time
 
+import os
+
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from twin_msgs.msg import DetectedObject, PerceptionSummary, Recommendation, TwinStatus
+
+# The camera model of the project's detector (models/camera_detector/scene_render.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "camera_detector"))
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -237,6 +247,39 @@ def run_radar(node, args):
     return {"sent": sent, "received": len(got), "frames": frames}
 
 
+def run_bad_camera(node, args):
+    import scene_render as sr
+
+    rng = np.random.default_rng(9)
+    image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
+    diags = {}
+
+    def on_diag(msg):
+        for status in msg.status:
+            if status.name.endswith("camera_summarizer"):
+                diags.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, RELIABLE)
+    spin_for(node, 30.0, lambda: image_pub.get_subscription_count() > 0)
+    rgb, _ = sr.render(sr.random_scene(rng), rng)
+    stamp = node.get_clock().now().to_msg()
+    # An image before any CameraInfo.
+    img, info = camera_messages(node, rgb, stamp)
+    image_pub.publish(img)
+    spin_for(node, 0.2)
+    info_pub.publish(info)
+    spin_for(node, 0.2)
+    # An encoding the node does not read.
+    odd, _ = camera_messages(node, rgb, stamp, encoding="yuv422")
+    image_pub.publish(odd)
+    spin_for(node, 0.2)
+    # A good image (refused as model_missing when the node has no model).
+    image_pub.publish(img)
+    spin_for(node, 2.5)
+    return {"diagnostics": diags}
+
+
 def run_bad_input(node, args):
     rng = np.random.default_rng(3)
     pub = node.create_publisher(PointCloud2, "lidar/points", qos_profile_sensor_data)
@@ -292,6 +335,76 @@ def run_bad_input(node, args):
         "sent_bad": [k for k, _ in bad],
         "diagnostics": diags,
     }
+
+
+def camera_messages(node, rgb, stamp, encoding="rgb8"):
+    import scene_render as sr
+
+    info = CameraInfo()
+    info.header.stamp = stamp
+    info.header.frame_id = "camera_front_optical"
+    for key, value in sr.camera_info().items():
+        setattr(info, key, value)
+    img = Image()
+    img.header = info.header
+    img.height, img.width = rgb.shape[:2]
+    img.encoding = encoding
+    img.step = rgb.shape[1] * (rgb.shape[2] if rgb.ndim == 3 else 1)
+    img.data = rgb.tobytes()
+    return img, info
+
+
+CAMERA_SCENES = [
+    [("car", 14.0, 0.1, 4.5), ("car", 24.0, -3.5, 4.3), ("truck", 30.0, 3.6, 9.0)],
+    [("car", 10.0, -3.4, 4.6), ("car", 20.0, 0.2, 4.4), ("pedestrian", 12.0, 7.5, 0.5)],
+    [("car", 18.0, 3.5, 4.5), ("truck", 22.0, -3.6, 10.0), ("car", 28.0, 0.0, 4.6)],
+]
+
+
+def run_camera(node, args):
+    import scene_render as sr
+
+    rng = np.random.default_rng(5)
+    image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
+    got = {}
+    node.create_subscription(PerceptionSummary, "perception/objects/camera", lambda m: got.__setitem__(stamp_key(m.header.stamp), m), RELIABLE)
+    spin_for(node, 30.0, lambda: image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0)
+    truths, sent = {}, 0
+    for frame in range(args.frames):
+        scene = []
+        for kind, x, y, length in CAMERA_SCENES[frame % len(CAMERA_SCENES)]:
+            o = sr.random_object(rng, kind, 7.0)
+            o.update({"x": x, "y": y, "yaw": 0.0, "length": length})
+            scene.append(o)
+        rgb, labels = sr.render(scene, rng)
+        visible = {l[5] for l in labels}
+        stamp = node.get_clock().now().to_msg()
+        truths[stamp_key(stamp)] = [(o["x"], o["y"], o["class"]) for i, o in enumerate(scene) if i in visible]
+        img, info = camera_messages(node, rgb, stamp)
+        info_pub.publish(info)
+        spin_for(node, 0.02)
+        image_pub.publish(img)
+        sent += 1
+        spin_for(node, 0.3)
+    spin_for(node, 5.0, lambda: len(got) >= sent)
+    frames = []
+    for key, summary in sorted(got.items()):
+        truth = truths.get(key)
+        if truth is None:
+            continue
+        pairs, phantoms, missed = match(summary.objects, truth, 6.0)
+        names = {DetectedObject.CLASS_CAR: "car", DetectedObject.CLASS_TRUCK: "truck", DetectedObject.CLASS_PEDESTRIAN: "pedestrian"}
+        frames.append({
+            "objects": len(summary.objects),
+            "truth": len(truth),
+            "errors": [{"range_m": round(float(np.hypot(truth[j][0], truth[j][1])), 2), "error_m": round(d, 2),
+                        "class_ok": names.get(summary.objects[i].classification) == truth[j][2]} for i, j, d in pairs],
+            "phantoms": len(phantoms),
+            "missed": [truth[j] for j in missed],
+            "raw_bytes": summary.raw_bytes,
+        })
+    return {"sent": sent, "received": len(got), "frames": frames}
 
 
 def run_link(node, args):
@@ -357,6 +470,84 @@ def run_link(node, args):
     }
 
 
+def run_drive(node, args):
+    """All sensors of a vehicle driving at 20 m/s behind slower traffic, for the demo."""
+    import scene_render as sr
+    from rclpy.serialization import serialize_message
+
+    rng = np.random.default_rng(21)
+    lidar_pub = node.create_publisher(PointCloud2, "lidar/points", qos_profile_sensor_data)
+    radar_pub = node.create_publisher(PointCloud2, "radar/points", qos_profile_sensor_data)
+    image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
+    odom_pub = node.create_publisher(Odometry, "odom", qos_profile_sensor_data)
+    summaries = {"lidar": [], "radar": [], "camera": []}
+    for sensor in summaries:
+        node.create_subscription(PerceptionSummary, f"perception/objects/{sensor}", lambda m, s=sensor: summaries[s].append(len(serialize_message(m))), RELIABLE)
+    recs, statuses = [], []
+    node.create_subscription(Recommendation, "twin/recommendation", lambda m: recs.append(m), LATCHED)
+    node.create_subscription(TwinStatus, "twin/status", lambda m: statuses.append(m), LATCHED)
+    pubs = [lidar_pub, radar_pub, image_pub, info_pub, odom_pub]
+    spin_for(node, 30.0, lambda: all(p.get_subscription_count() > 0 for p in pubs))
+    raw = {"lidar": 0, "radar": 0, "camera": 0}
+    ego_x, ego_v = 0.0, 20.0
+    # Traffic ahead: (x in map, lane y, speed).
+    traffic = [(45.0, 0.0, 18.0), (30.0, 3.5, 24.0), (70.0, -3.5, 17.0), (-20.0, 0.0, 21.0)]
+    t0 = time.time()
+    k = 0
+    while time.time() - t0 < args.seconds:
+        t = k * 0.1
+        ego_x = ego_v * t
+        stamp = node.get_clock().now().to_msg()
+        odom = Odometry()
+        odom.header.stamp = stamp
+        odom.header.frame_id = "map"
+        odom.child_frame_id = "base_link"
+        odom.pose.pose.position.x = ego_x
+        odom.pose.pose.orientation.w = 1.0
+        odom.twist.twist.linear.x = ego_v
+        odom_pub.publish(odom)
+        boxes = [(x0 + v * t - ego_x, y, 0.0, 4.5, 1.85, 1.5, DetectedObject.CLASS_CAR, v, 0.0) for x0, y, v in traffic]
+        rows = lidar_scan(boxes, rng=rng)
+        cloud = make_cloud(node, "lidar_top", ["x", "y", "z", "intensity"], rows, stamp)
+        raw["lidar"] += len(cloud.data)
+        lidar_pub.publish(cloud)
+        det = np.array(radar_scan(boxes, ego_v, rng=rng), dtype=np.float32).reshape(-1, 7)
+        rc = make_cloud(node, "radar_front", ["x", "y", "z", "Range", "Velocity", "AzimuthAngle", "ElevationAngle"], det, stamp)
+        raw["radar"] += len(rc.data)
+        radar_pub.publish(rc)
+        if k % 2 == 0:
+            scene = []
+            for bx, by, *_ in boxes:
+                o = sr.random_object(np.random.default_rng(int(abs(by) * 10)), "car", 7.0)
+                o.update({"x": bx, "y": by, "yaw": 0.0, "length": 4.5})
+                scene.append(o)
+            rgb, _ = sr.render(scene, rng)
+            img, info = camera_messages(node, rgb, stamp)
+            raw["camera"] += len(img.data)
+            info_pub.publish(info)
+            image_pub.publish(img)
+        k += 1
+        next_tick = t0 + k * 0.1
+        spin_for(node, max(0.0, next_tick - time.time()))
+    spin_for(node, 1.5)
+    last = recs[-1] if recs else None
+    status = statuses[-1] if statuses else None
+    return {
+        "seconds": args.seconds,
+        "frames": k,
+        "raw_bytes": raw,
+        "summaries": {s: len(v) for s, v in summaries.items()},
+        "summary_bytes": {s: sum(v) for s, v in summaries.items()},
+        "recommendations": len(recs),
+        "last": None if last is None else {"target_speed": last.target_speed, "reason": last.reason, "sequence": last.sequence},
+        "status": None if status is None else {
+            "link_state": status.link_state, "uplink_bytes": status.uplink_bytes, "downlink_bytes": status.downlink_bytes,
+            "rtt_ms": status.rtt * 1e3, "rejected": status.rejected_messages,
+        },
+    }
+
+
 def run_graph(node, args):
     want = set(args.nodes.split(","))
 
@@ -372,7 +563,7 @@ def run_graph(node, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["lidar", "radar", "bad_input", "link", "graph"])
+    parser.add_argument("mode", choices=["lidar", "radar", "camera", "bad_input", "bad_camera", "link", "drive", "graph"])
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -383,8 +574,8 @@ def main():
     node = rclpy.create_node("vehicle_peer", namespace=args.namespace)
     try:
         report = {
-            "lidar": run_lidar, "radar": run_radar, "bad_input": run_bad_input,
-            "link": run_link, "graph": run_graph,
+            "lidar": run_lidar, "radar": run_radar, "camera": run_camera, "bad_input": run_bad_input, "bad_camera": run_bad_camera,
+            "link": run_link, "drive": run_drive, "graph": run_graph,
         }[args.mode](node, args)
     finally:
         node.destroy_node()

@@ -96,3 +96,66 @@ pub fn save_key(dir: &Path, name: &str, material: &twinlink_link::KeyMaterial) -
         .with_context(|| format!("saving {}", path.display()))?;
     Ok(path)
 }
+
+/// What the vehicle demo measured.
+pub struct VehicleDemo {
+    /// The rclpy peer's report (`drive` mode).
+    pub drive: Value,
+    /// The DR's report.
+    pub dr: Value,
+}
+
+/// Starts a minimal DR and the vehicle's nodes from `launch/vehicle.launch.xml` (through
+/// `twinlaunch`), drives them with rclpy-published LiDAR, radar, camera and odometry for
+/// `seconds`, then stops everything.
+pub fn run_vehicle_demo(dir: &Path, seconds: f64) -> Result<VehicleDemo> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    crate::require_ros_environment()?;
+    let isolation = Isolation::new("demo");
+    let vehicle = isolation.namespace.trim_start_matches('/').to_string();
+    let id = twinlink_link::VehicleId::new(&vehicle)?;
+    let (pe, dr) = twinlink_link::KeyMaterial::generate_pair(&id)?;
+    let pe_key = save_key(dir, "pe.key", &pe)?;
+    let dr_key = save_key(dir, "dr.key", &dr)?;
+    let endpoint = twinlink_link::scenario::loopback_endpoint()?;
+    let dr_report = dir.join("dr.json");
+    let mut dr_cmd = Command::new(workspace_binary("twinlink-dr")?);
+    dr_cmd
+        .args(["--vehicle", &vehicle, "--keys"])
+        .arg(&dr_key)
+        .args(["--listen", &endpoint, "--report"])
+        .arg(&dr_report)
+        .stdout(std::fs::File::create(dir.join("dr.out"))?)
+        .stderr(std::fs::File::create(dir.join("dr.log"))?);
+    let mut dr_proc = Supervised::spawn("twinlink-dr", dr_cmd)?;
+    let mut launch = Command::new(workspace_binary("twinlaunch")?);
+    launch
+        .arg(workspace_root().join("launch/vehicle.launch.xml"))
+        .arg(format!("vehicle:={vehicle}"))
+        .arg(format!("key_file:={}", pe_key.display()))
+        .arg(format!("twin_endpoint:={endpoint}"));
+    isolation.apply(&mut launch);
+    let log = std::fs::File::create(dir.join("nodes.log"))?;
+    launch.stdout(log.try_clone()?).stderr(log);
+    let mut nodes = Supervised::spawn("twinlaunch", launch)?;
+    let run = VehicleRun {
+        isolation,
+        dir: dir.to_path_buf(),
+    };
+    let drive = run.run_peer(
+        "drive",
+        &["--seconds", &seconds.to_string()],
+        Duration::from_secs_f64(seconds + 90.0),
+    );
+    nodes.terminate();
+    nodes.wait_timeout(Duration::from_secs(10))?;
+    dr_proc.terminate();
+    dr_proc.wait_timeout(Duration::from_secs(10))?;
+    let drive = drive?;
+    let dr = std::fs::read_to_string(&dr_report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    Ok(VehicleDemo { drive, dr })
+}

@@ -12,6 +12,7 @@
 //! mountings, [`params`] declares and validates node parameters, [`markers`] draws debug
 //! MarkerArrays, and [`synth`] makes sensor data with known truth for tests and benchmarks.
 
+pub mod camera;
 pub mod cloud;
 pub mod geometry;
 pub mod identity;

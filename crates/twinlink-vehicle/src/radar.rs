@@ -15,7 +15,8 @@
 //! 1. **Ego-motion compensation**: with the vehicle's own velocity and yaw rate (from
 //!    odometry), each detection's radial velocity over ground is
 //!    `v_r + u . v_sensor`, with `u` the line of sight and `v_sensor` the sensor's velocity.
-//! 2. **Clustering**: detections closer than `cluster_distance` in the ground plane and
+//! 2. **Clustering** (union-find over a spatial hash): detections closer than
+//!    `cluster_distance` in the ground plane and
 //!    `cluster_velocity` in radial velocity over ground form one target (union-find).
 //! 3. **Velocity**: for a target seen along several lines of sight, the 2-D velocity that
 //!    best explains all radial velocities (least squares, `u_i . v = v_r,i`); along one
@@ -112,7 +113,7 @@ impl Default for RadarConfig {
             ground_z: 0.0,
             assume_along_x: true,
             association_gate: 4.0,
-            max_points: 100_000,
+            max_points: 20_000,
         }
     }
 }
@@ -503,13 +504,33 @@ impl RadarSummarizer {
             (c.cluster_distance as f64).powi(2),
             c.cluster_velocity as f64,
         );
-        for i in 0..detections.len() {
-            for j in i + 1..detections.len() {
-                let (a, b) = (&detections[i], &detections[j]);
-                let d2 = (a.position[0] - b.position[0]).powi(2)
-                    + (a.position[1] - b.position[1]).powi(2);
-                if d2 <= d2max && (a.radial_velocity - b.radial_velocity).abs() <= dv {
-                    sets.union(i, j);
+        // Spatial hash with cells of cluster_distance: neighbours are in adjacent cells.
+        let inv = 1.0 / c.cluster_distance as f64;
+        let cell_of = |d: &Detection| {
+            (
+                (d.position[0] * inv).floor() as i64,
+                (d.position[1] * inv).floor() as i64,
+            )
+        };
+        let mut cells: rustc_hash::FxHashMap<(i64, i64), Vec<usize>> = Default::default();
+        for (i, d) in detections.iter().enumerate() {
+            cells.entry(cell_of(d)).or_default().push(i);
+        }
+        for (i, a) in detections.iter().enumerate() {
+            let (cx, cy) = cell_of(a);
+            for nx in cx - 1..=cx + 1 {
+                for ny in cy - 1..=cy + 1 {
+                    let Some(members) = cells.get(&(nx, ny)) else {
+                        continue;
+                    };
+                    for &j in members.iter().filter(|&&j| j > i) {
+                        let b = &detections[j];
+                        let d2 = (a.position[0] - b.position[0]).powi(2)
+                            + (a.position[1] - b.position[1]).powi(2);
+                        if d2 <= d2max && (a.radial_velocity - b.radial_velocity).abs() <= dv {
+                            sets.union(i, j);
+                        }
+                    }
                 }
             }
         }

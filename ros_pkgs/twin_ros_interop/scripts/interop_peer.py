@@ -57,10 +57,15 @@ def convert_primitive(element_type, value):
     return int(value)
 
 
+def json_field(value, field):
+    """A field of a JSON value (named as in ROS)."""
+    return value[field]
+
+
 def fill(msg, value):
     """Sets every field of msg from the JSON object value."""
     for field, field_type in msg.get_fields_and_field_types().items():
-        v = value[field]
+        v = json_field(value, field)
         element, is_array = split_type(field_type)
         if "/" in element:
             cls = element_class(element)
@@ -95,7 +100,7 @@ def compare(expected, actual, field_type, path, errors):
         return
     if "/" in element:
         for field, sub_type in actual.get_fields_and_field_types().items():
-            compare(expected[field], getattr(actual, field), sub_type, f"{path}.{field}", errors)
+            compare(json_field(expected, field), getattr(actual, field), sub_type, f"{path}.{field}", errors)
         return
     if element == "float":
         ok = np.float32(expected) == np.float32(actual)
@@ -148,7 +153,7 @@ def main():
                 return
             errors = []
             for field, field_type in msg.get_fields_and_field_types().items():
-                compare(values[index][field], getattr(msg, field), field_type, f"#{index}.{field}", errors)
+                compare(json_field(values[index], field), getattr(msg, field), field_type, f"#{index}.{field}", errors)
             if errors:
                 state["errors"].extend(errors)
             else:

@@ -7,6 +7,10 @@
 //! 2. The intra-twin link: a PE and its DR as separate processes through a Zenoh router,
 //!    with keys from `twinctl provision`: perception summaries up, recommendations down,
 //!    then timed round trips.
+//! 3. The vehicle's ROS 2 nodes: LiDAR, radar and camera summarizers and the twin link node,
+//!    started from `launch/vehicle.launch.xml`, fed by an rclpy publisher of LiDAR clouds,
+//!    radar detections, camera images and odometry; their summaries go up the link to a DR,
+//!    whose recommendations come back on ROS.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -63,7 +67,72 @@ fn main() -> Result<()> {
     println!("(keys from `twinctl provision`; every frame sealed end to end; 50-object summaries up, recommendations down)\n");
     let demo = twinlink_launch::link_demo::run(&args.out.join("link"))?;
     print_link(&demo);
+
+    println!("\ntwinlink demo, part 3: the vehicle's ROS 2 nodes, started from launch/vehicle.launch.xml");
+    println!("(rclpy publishes LiDAR, radar, camera and odometry of a vehicle in traffic; the summaries go up the link to a DR)\n");
+    let vehicle = twinlink_launch::vehicle::run_vehicle_demo(&args.out.join("vehicle"), 8.0)?;
+    print_vehicle(&vehicle.drive, &vehicle.dr);
     Ok(())
+}
+
+fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
+    let row = |name: &str, value: String| println!("  {name:<38} {value}");
+    println!(
+        "  {:<10} {:>12} {:>10} {:>14} {:>10}",
+        "sensor", "raw bytes", "summaries", "summary bytes", "reduction"
+    );
+    let mut raw_total = 0u64;
+    for sensor in ["lidar", "radar", "camera"] {
+        let raw = d["raw_bytes"][sensor].as_u64().unwrap_or(0);
+        let bytes = d["summary_bytes"][sensor].as_u64().unwrap_or(0);
+        raw_total += raw;
+        let reduction = if bytes > 0 {
+            format!("{:.0}x", raw as f64 / bytes as f64)
+        } else {
+            "-".into()
+        };
+        println!(
+            "  {sensor:<10} {raw:>12} {:>10} {bytes:>14} {reduction:>10}",
+            d["summaries"][sensor]
+        );
+    }
+    let status = &d["status"];
+    let up = status["uplink_bytes"].as_u64().unwrap_or(0);
+    row("uplink bytes, encrypted (all streams)", up.to_string());
+    row(
+        "raw sensor bytes / uplink bytes",
+        format!("{:.0}x", raw_total as f64 / up.max(1) as f64),
+    );
+    row(
+        "summaries and states applied by the DR",
+        format!("{} / {}", dr["summaries"], dr["states"]),
+    );
+    row(
+        "recommendations published on ROS",
+        d["recommendations"].to_string(),
+    );
+    row(
+        "link state, RTT [ms]",
+        format!(
+            "{} (2 = connected), {:.2}",
+            status["link_state"],
+            status["rtt_ms"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    row(
+        "inputs refused by the link node",
+        status["rejected"].to_string(),
+    );
+    if let Some(last) = d["last"].as_object() {
+        row(
+            "last recommendation",
+            format!(
+                "{:.1} m/s: {}",
+                last["target_speed"].as_f64().unwrap_or(0.0),
+                last["reason"].as_str().unwrap_or("")
+            ),
+        );
+    }
 }
 
 fn print_link(demo: &twinlink_launch::link_demo::LinkDemo) {
