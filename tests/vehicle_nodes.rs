@@ -12,7 +12,7 @@ use twinlink_link::minimal::{from_link, ros_time, to_link, STREAM_RECOMMENDATION
 use twinlink_link::scenario::pair_configs;
 use twinlink_link::{Link, LinkEvent, Priority, VehicleId};
 use twinlink_msgs::twin_msgs::msg::{
-    HorizonPoint, PerceptionSummary, Recommendation, VehicleState,
+    HorizonPoint, PerceptionSummary, Recommendation, SharingPolicy, VehicleState,
 };
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -174,8 +174,16 @@ async fn odometry_and_summaries_reach_the_twin_and_its_advice_reaches_ros() {
     let mut states = Vec::new();
     let mut summaries = Vec::new();
     let mut answered = false;
+    let mut policies = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !peer.is_finished() && tokio::time::Instant::now() < deadline {
+    // Until the peer is done, and one more second for what it caused last.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    while drain_until.is_none_or(|t| tokio::time::Instant::now() < t)
+        && tokio::time::Instant::now() < deadline
+    {
+        if peer.is_finished() && drain_until.is_none() {
+            drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
         let event = tokio::time::timeout(Duration::from_millis(200), dr_end.recv()).await;
         let Ok(Some(LinkEvent::Message(delivered))) = event else {
             continue;
@@ -197,6 +205,10 @@ async fn odometry_and_summaries_reach_the_twin_and_its_advice_reaches_ros() {
                         ))
                         .unwrap();
                 }
+            }
+            "twin_msgs/msg/SharingPolicy" => {
+                assert_eq!(m.stream, "policy");
+                policies.push(from_link::<SharingPolicy>(m).unwrap());
             }
             other => panic!("unexpected {other} on {}", m.stream),
         }

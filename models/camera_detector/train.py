@@ -12,10 +12,12 @@ Training data are rendered scenes (scene_render.random_scene), seeded: the same 
 gives the same model. Held-out scenes (another seed) measure precision, recall and AP@0.5
 per class; the figures go to metrics.json and the README.
 
-    python models/camera_detector/train.py            # about 10-20 min on 2 cores
+    python models/camera_detector/train.py            # about 30 min on 2 cores
     python models/camera_detector/train.py --quick    # a smoke run
 
-Needs jax, onnx, onnxruntime and numpy (scripts/train-env.sh installs them in .deps/train).
+Needs jax, onnx, onnxruntime and numpy:
+    scripts/train-env.sh python models/camera_detector/train.py
+installs them (pinned in requirements.txt) into .deps/train first.
 """
 import argparse
 import json
@@ -101,7 +103,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=5000, help="training scenes")
     parser.add_argument("--test", type=int, default=500, help="held-out scenes")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline")
@@ -130,7 +132,15 @@ def main():
         pos = mask.sum() + 1.0
         box = (jnp.abs(pred_off - off).sum(-1) + jnp.abs(pred_size - size).sum(-1)) * mask
         bce = lambda logit, t: jnp.maximum(logit, 0) - logit * t + jnp.log1p(jnp.exp(-jnp.abs(logit)))
-        obj = bce(obj_logit, mask)
+        # Objectness learns how well the cell's box fits its object (IoU, as YOLOv5 does),
+        # so that a partial box from a neighbouring cell scores low and NMS keeps the good one.
+        pw, tw = jnp.exp(pred_size) * (ANCHOR / STRIDE), jnp.exp(size) * (ANCHOR / STRIDE)
+        lo = jnp.maximum(pred_off - pw / 2, off - tw / 2)
+        hi = jnp.minimum(pred_off + pw / 2, off + tw / 2)
+        inter = jnp.prod(jnp.clip(hi - lo, 0.0), axis=-1)
+        iou = inter / (jnp.prod(pw, -1) + jnp.prod(tw, -1) - inter + 1e-9)
+        obj_target = mask * jax.lax.stop_gradient(jnp.clip(iou, 0.0, 1.0))
+        obj = bce(obj_logit, obj_target)
         obj = (obj * (1.0 + 4.0 * mask)).sum() / pos
         c = (bce(cls_logit, cls).sum(-1) * mask).sum() / pos
         return 2.0 * box.sum() / pos + obj + c

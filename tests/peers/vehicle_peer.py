@@ -125,6 +125,29 @@ def match(objects, truth, gate):
     return pairs, [i for i in range(len(objects)) if i not in taken_o], [j for j in range(len(truth)) if j not in used]
 
 
+def matched(node, got, truths, sent, gate):
+    """Waits for the summaries of every sent frame, then yields (summary, truth, pairs,
+    phantoms, missed) for each summary whose stamp is a sent frame's."""
+    spin_for(node, 5.0, lambda: len(got) >= sent)
+    for key, summary in sorted(got.items()):
+        truth = truths.get(key)
+        if truth is not None:
+            yield (summary, truth, *match(summary.objects, truth, gate))
+
+
+def watch_diagnostics(node, name_suffix):
+    """The newest /diagnostics values of the status whose name ends with name_suffix."""
+    values = {}
+
+    def on_diag(msg):
+        for status in msg.status:
+            if status.name.endswith(name_suffix):
+                values.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, RELIABLE)
+    return values
+
+
 def spin_for(node, seconds, until=None):
     end = time.time() + seconds
     while time.time() < end:
@@ -149,13 +172,8 @@ def run_lidar(node, args):
         pub.publish(make_cloud(node, "lidar_top", ["x", "y", "z", "intensity"], rows, stamp))
         sent += 1
         spin_for(node, 0.1)
-    spin_for(node, 5.0, lambda: len(got) >= sent)
     frames = []
-    for key, summary in sorted(got.items()):
-        truth = truths.get(key)
-        if truth is None:
-            continue
-        pairs, phantoms, missed = match(summary.objects, truth, 1.5)
+    for summary, truth, pairs, phantoms, missed in matched(node, got, truths, sent, 1.5):
         frames.append({
             "objects": len(summary.objects),
             "max_error_m": max((d for _, _, d in pairs), default=0.0),
@@ -224,17 +242,12 @@ def run_radar(node, args):
         fields = ["x", "y", "z", "Range", "Velocity", "AzimuthAngle", "ElevationAngle"] if carla else ["rcs", "x", "y", "z", "radial_velocity"]
         stamp = node.get_clock().now().to_msg()
         # Truth: the center of each target's face nearest the radar, and its velocity.
-        truths[stamp_key(stamp)] = [(b[0] - b[3] / 2 if b[1] == 0.0 else b[0] - b[3] / 2, b[1], 0, 0, 0, 0, 0, b[7], b[8], "carla" if carla else "plain") for b in RADAR_SCENE]
+        truths[stamp_key(stamp)] = [(b[0] - b[3] / 2, b[1], 0, 0, 0, 0, 0, b[7], b[8], "carla" if carla else "plain") for b in RADAR_SCENE]
         pub.publish(make_cloud(node, "radar_front", fields, np.array(rows, dtype=np.float32), stamp))
         sent += 1
         spin_for(node, 0.07)
-    spin_for(node, 5.0, lambda: len(got) >= sent)
     frames = []
-    for key, summary in sorted(got.items()):
-        truth = truths.get(key)
-        if truth is None:
-            continue
-        pairs, phantoms, missed = match(summary.objects, truth, 3.0)
+    for summary, truth, pairs, phantoms, missed in matched(node, got, truths, sent, 3.0):
         frames.append({
             "layout": truth[0][9],
             "objects": len(summary.objects),
@@ -253,14 +266,7 @@ def run_bad_camera(node, args):
     rng = np.random.default_rng(9)
     image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
-    diags = {}
-
-    def on_diag(msg):
-        for status in msg.status:
-            if status.name.endswith("camera_summarizer"):
-                diags.update({kv.key: kv.value for kv in status.values})
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, RELIABLE)
+    diags = watch_diagnostics(node, "camera_summarizer")
     spin_for(node, 30.0, lambda: image_pub.get_subscription_count() > 0)
     rgb, _ = sr.render(sr.random_scene(rng), rng)
     stamp = node.get_clock().now().to_msg()
@@ -285,15 +291,7 @@ def run_bad_input(node, args):
     pub = node.create_publisher(PointCloud2, "lidar/points", qos_profile_sensor_data)
     got = []
     node.create_subscription(PerceptionSummary, "perception/objects/lidar", lambda m: got.append(m), RELIABLE)
-    diags = {}
-
-    def on_diag(msg):
-        for status in msg.status:
-            if status.name.endswith("lidar_summarizer"):
-                diags.update({kv.key: kv.value for kv in status.values})
-                diags["level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level)
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, RELIABLE)
+    diags = watch_diagnostics(node, "lidar_summarizer")
     spin_for(node, 30.0, lambda: pub.get_subscription_count() > 0)
     stamp = node.get_clock().now().to_msg()
     good = lidar_scan(LIDAR_SCENE[:2], rng=rng, beams=16, columns=512)
@@ -387,13 +385,8 @@ def run_camera(node, args):
         image_pub.publish(img)
         sent += 1
         spin_for(node, 0.3)
-    spin_for(node, 5.0, lambda: len(got) >= sent)
     frames = []
-    for key, summary in sorted(got.items()):
-        truth = truths.get(key)
-        if truth is None:
-            continue
-        pairs, phantoms, missed = match(summary.objects, truth, 6.0)
+    for summary, truth, pairs, phantoms, missed in matched(node, got, truths, sent, 6.0):
         names = {DetectedObject.CLASS_CAR: "car", DetectedObject.CLASS_TRUCK: "truck", DetectedObject.CLASS_PEDESTRIAN: "pedestrian"}
         frames.append({
             "objects": len(summary.objects),
@@ -401,10 +394,37 @@ def run_camera(node, args):
             "errors": [{"range_m": round(float(np.hypot(truth[j][0], truth[j][1])), 2), "error_m": round(d, 2),
                         "class_ok": names.get(summary.objects[i].classification) == truth[j][2]} for i, j, d in pairs],
             "phantoms": len(phantoms),
+            "phantom_objects": [[round(summary.objects[i].position.x, 1), round(summary.objects[i].position.y, 1), summary.objects[i].classification, round(summary.objects[i].existence_probability, 2)] for i in phantoms],
             "missed": [truth[j] for j in missed],
             "raw_bytes": summary.raw_bytes,
         })
     return {"sent": sent, "received": len(got), "frames": frames}
+
+
+def call_services(node):
+    """Calls twin/get_status, then twin/set_sharing_policy with a valid and an invalid policy."""
+    from twin_msgs.msg import SharedObservation, SharingPolicy, SharingRule
+    from twin_msgs.srv import GetTwinStatus, SetSharingPolicy
+
+    def call(client, request):
+        if not client.wait_for_service(timeout_sec=10.0):
+            return None
+        future = client.call_async(request)
+        spin_for(node, 10.0, future.done)
+        return future.result()
+
+    status = call(node.create_client(GetTwinStatus, "twin/get_status"), GetTwinStatus.Request())
+    set_policy = node.create_client(SetSharingPolicy, "twin/set_sharing_policy")
+    rule = SharingRule(category=SharedObservation.CATEGORY_HAZARDS, audience=SharingRule.AUDIENCE_ANY_TWIN,
+                       spatial_precision=25.0, max_age=60.0)
+    good = call(set_policy, SetSharingPolicy.Request(policy=SharingPolicy(rules=[rule])))
+    bad = call(set_policy, SetSharingPolicy.Request(policy=SharingPolicy(rules=[rule, rule])))
+    return {
+        "status_vehicle": None if status is None else status.status.vehicle_id,
+        "status_link_state": None if status is None else status.status.link_state,
+        "good_policy": None if good is None else {"accepted": good.accepted, "version": good.version},
+        "bad_policy": None if bad is None else {"accepted": bad.accepted, "message": bad.message, "version": bad.version},
+    }
 
 
 def run_link(node, args):
@@ -447,8 +467,10 @@ def run_link(node, args):
         k += 1
         spin_for(node, 0.05)
     spin_for(node, 1.0)
+    services = call_services(node)
     last = recs[-1] if recs else None
     return {
+        "services": services,
         "published": k,
         "recommendations": len(recs),
         "last": None if last is None else {

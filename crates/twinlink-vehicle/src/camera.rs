@@ -234,6 +234,18 @@ impl Box2d {
         (self.x2 - self.x1).max(0.0) * (self.y2 - self.y1).max(0.0)
     }
 
+    /// Intersection over the smaller box's area (1 when one box holds the other).
+    pub fn overlap_of_smaller(&self, other: &Box2d) -> f32 {
+        let w = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
+        let h = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
+        let smaller = self.area().min(other.area());
+        if smaller > 0.0 {
+            w * h / smaller
+        } else {
+            0.0
+        }
+    }
+
     /// Intersection over union with another box.
     pub fn iou(&self, other: &Box2d) -> f32 {
         let w = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
@@ -317,18 +329,28 @@ pub fn decode(
     boxes
 }
 
-/// Non-maximum suppression per class: keeps the best box of each overlapping group.
-pub fn nms(mut boxes: Vec<Box2d>, iou_threshold: f32, max_detections: usize) -> Vec<Box2d> {
+/// Non-maximum suppression: keeps the best box of each overlapping group, per class or
+/// (`across_classes`) over all classes, so that one object is not reported as both a car
+/// and a truck. A box of the same class lying mostly (over 75 %) inside a better one is a
+/// part of the same object and is suppressed too.
+pub fn nms(
+    mut boxes: Vec<Box2d>,
+    iou_threshold: f32,
+    max_detections: usize,
+    across_classes: bool,
+) -> Vec<Box2d> {
     boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Box2d> = Vec::new();
     for b in boxes {
         if kept.len() >= max_detections {
             break;
         }
-        if kept
-            .iter()
-            .all(|k| k.class != b.class || k.iou(&b) <= iou_threshold)
-        {
+        if kept.iter().all(|k| {
+            let same = k.class == b.class;
+            let overlapping = (same || across_classes) && k.iou(&b) > iou_threshold;
+            let part = same && k.overlap_of_smaller(&b) > 0.75;
+            !(overlapping || part)
+        }) {
             kept.push(b);
         }
     }
@@ -648,6 +670,7 @@ impl OnnxDetector {
         threshold: f32,
         iou: f32,
         max: usize,
+        across_classes: bool,
     ) -> Result<Vec<Box2d>, ModelError> {
         let letterbox = preprocess(image, self.width, self.height, &mut self.input);
         let tensor = ort::value::TensorRef::from_array_view((
@@ -678,6 +701,7 @@ impl OnnxDetector {
             decode(data, &shape, layout, self.classes, threshold),
             iou,
             max,
+            across_classes,
         );
         Ok(boxes
             .into_iter()
@@ -713,6 +737,8 @@ pub struct CameraConfig {
     pub iou_threshold: f32,
     /// Most detections per image.
     pub max_detections: usize,
+    /// Suppress overlapping boxes across classes, not only within one.
+    pub nms_across_classes: bool,
     /// Farthest object reported [m].
     pub max_range: f32,
     /// Ground height at base_link's origin [m].
@@ -735,6 +761,7 @@ impl Default for CameraConfig {
             score_threshold: 0.4,
             iou_threshold: 0.45,
             max_detections: 100,
+            nms_across_classes: true,
             max_range: 80.0,
             ground_z: 0.0,
             association_gate: 3.0,
@@ -752,6 +779,11 @@ pub fn parameters() -> Vec<ParamSpec> {
         ParamSpec::double("score_threshold", d.score_threshold as f64, 0.01, 1.0, "smallest objectness x class probability kept"),
         ParamSpec::double("iou_threshold", d.iou_threshold as f64, 0.05, 0.95, "boxes of one class overlapping more are suppressed"),
         ParamSpec::int("max_detections", d.max_detections as i64, 1, 1000, "most detections per image"),
+        ParamSpec::bool(
+            "nms_across_classes",
+            d.nms_across_classes,
+            "suppress overlapping boxes across classes (one object is not both a car and a truck)",
+        ),
         ParamSpec::double("max_range", d.max_range as f64, 5.0, 300.0, "farthest object reported [m]"),
         ParamSpec::double("ground_z", d.ground_z as f64, -3.0, 3.0, "ground height at base_link's origin [m]"),
         ParamSpec::double("association_gate", d.association_gate as f64, 0.1, 20.0, "largest move between frames that keeps an id [m]"),
@@ -783,6 +815,7 @@ impl CameraConfig {
             score_threshold: p.f32("score_threshold"),
             iou_threshold: p.f32("iou_threshold"),
             max_detections: p.usize("max_detections"),
+            nms_across_classes: p.bool("nms_across_classes"),
             max_range: p.f32("max_range"),
             ground_z: p.f32("ground_z"),
             association_gate: p.f32("association_gate"),
@@ -872,7 +905,13 @@ impl CameraSummarizer {
         let geometry = CameraGeometry::from_info(info, self.config.mounting)?;
         let c = &self.config;
         let t0 = Instant::now();
-        let boxes = detector.detect(&view, c.score_threshold, c.iou_threshold, c.max_detections)?;
+        let boxes = detector.detect(
+            &view,
+            c.score_threshold,
+            c.iou_threshold,
+            c.max_detections,
+            c.nms_across_classes,
+        )?;
         let mut stats = FrameStats {
             boxes: boxes.len(),
             inference_seconds: t0.elapsed().as_secs_f64(),
@@ -1002,7 +1041,7 @@ mod tests {
         let shape = [1, 4, 7];
         let layout = output_layout(&shape, 2).unwrap();
         assert_eq!(layout, OutputLayout::RowsWithObjectness);
-        let boxes = nms(decode(&flat, &shape, layout, 2, 0.3), 0.45, 10);
+        let boxes = nms(decode(&flat, &shape, layout, 2, 0.3), 0.45, 10, false);
         assert_eq!(boxes.len(), 2);
         assert_eq!((boxes[0].class, boxes[1].class), (1, 0));
         assert!((boxes[1].score - 0.72).abs() < 1e-6);
@@ -1019,8 +1058,13 @@ mod tests {
         let layout = output_layout(&shape, 2).unwrap();
         assert_eq!(layout, OutputLayout::ColumnsWithoutObjectness);
         assert_eq!(
-            nms(decode(&cols, &shape, layout, 2, 0.3), 0.45, 10).len(),
+            nms(decode(&cols, &shape, layout, 2, 0.3), 0.45, 10, false).len(),
             2
+        );
+        // Across classes, the class-1 box suppresses the overlapping class-0 one.
+        assert_eq!(
+            nms(decode(&cols, &shape, layout, 2, 0.3), 0.45, 10, true).len(),
+            1
         );
         assert!(output_layout(&[1, 10, 10], 3)
             .unwrap_err()
