@@ -505,7 +505,8 @@ def run_drive(node, args):
     odom_pub = node.create_publisher(Odometry, "odom", qos_profile_sensor_data)
     summaries = {"lidar": [], "radar": [], "camera": []}
     for sensor in summaries:
-        node.create_subscription(PerceptionSummary, f"perception/objects/{sensor}", lambda m, s=sensor: summaries[s].append(len(serialize_message(m))), RELIABLE)
+        node.create_subscription(PerceptionSummary, f"perception/objects/{sensor}",
+                                 lambda m, s=sensor: summaries[s].append((len(serialize_message(m)), m.processing_time, len(m.objects))), RELIABLE)
     recs, statuses = [], []
     node.create_subscription(Recommendation, "twin/recommendation", lambda m: recs.append(m), LATCHED)
     node.create_subscription(TwinStatus, "twin/status", lambda m: statuses.append(m), LATCHED)
@@ -560,7 +561,9 @@ def run_drive(node, args):
         "frames": k,
         "raw_bytes": raw,
         "summaries": {s: len(v) for s, v in summaries.items()},
-        "summary_bytes": {s: sum(v) for s, v in summaries.items()},
+        "summary_bytes": {s: sum(b for b, _, _ in v) for s, v in summaries.items()},
+        "processing_ms_median": {s: round(float(np.median([p for _, p, _ in v])) * 1e3, 2) if v else None for s, v in summaries.items()},
+        "objects_mean": {s: round(float(np.mean([n for _, _, n in v])), 1) if v else None for s, v in summaries.items()},
         "recommendations": len(recs),
         "last": None if last is None else {"target_speed": last.target_speed, "reason": last.reason, "sequence": last.sequence},
         "status": None if status is None else {

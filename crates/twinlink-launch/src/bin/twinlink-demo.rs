@@ -78,8 +78,14 @@ fn main() -> Result<()> {
 fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
     let row = |name: &str, value: String| println!("  {name:<38} {value}");
     println!(
-        "  {:<10} {:>12} {:>10} {:>14} {:>10}",
-        "sensor", "raw bytes", "summaries", "summary bytes", "reduction"
+        "  {:<10} {:>12} {:>10} {:>8} {:>14} {:>10} {:>14}",
+        "sensor",
+        "raw bytes",
+        "summaries",
+        "objects",
+        "summary bytes",
+        "reduction",
+        "processing ms"
     );
     let mut raw_total = 0u64;
     for sensor in ["lidar", "radar", "camera"] {
@@ -92,8 +98,8 @@ fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
             "-".into()
         };
         println!(
-            "  {sensor:<10} {raw:>12} {:>10} {bytes:>14} {reduction:>10}",
-            d["summaries"][sensor]
+            "  {sensor:<10} {raw:>12} {:>10} {:>8} {bytes:>14} {reduction:>10} {:>14}",
+            d["summaries"][sensor], d["objects_mean"][sensor], d["processing_ms_median"][sensor]
         );
     }
     let status = &d["status"];
