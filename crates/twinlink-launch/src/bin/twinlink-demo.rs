@@ -102,6 +102,7 @@ fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
             d["summaries"][sensor], d["objects_mean"][sensor], d["processing_ms_median"][sensor]
         );
     }
+    println!("  (processing times of this build; `make bench` measures the release build)");
     let status = &d["status"];
     let up = status["uplink_bytes"].as_u64().unwrap_or(0);
     row("uplink bytes, encrypted (all streams)", up.to_string());
