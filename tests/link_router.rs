@@ -70,6 +70,25 @@ fn end(
     c
 }
 
+/// Starts `twinlink-<role>` (`pe` or `dr`) as a client of `router`.
+fn spawn_end(dir: &Path, role: &str, vehicle: &str, router: &str, extra: &[&str]) -> Supervised {
+    let binary = format!("twinlink-{role}");
+    Supervised::spawn(role, end(dir, &binary, role, vehicle, router, extra)).unwrap()
+}
+
+/// Waits for the PE to finish and asserts it succeeded, showing its log if not.
+fn pe_finishes(pe: &mut Supervised, dir: &Path) {
+    let status = pe
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("PE finished");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.join("pe.log")).unwrap()
+    );
+}
+
 fn read_report(dir: &Path, role: &str) -> Value {
     let path = dir.join(format!("{role}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -127,32 +146,15 @@ fn pe_and_dr_processes_sync_through_a_router() {
     provision(&dir, vehicle);
     let router_ep = format!("tcp/127.0.0.1:{}", free_port());
     let _router = start_router(&dir, &router_ep);
-    let dr = Supervised::spawn(
-        "dr",
-        end(&dir, "twinlink-dr", "dr", vehicle, &router_ep, &[]),
-    )
-    .unwrap();
-    let mut pe = Supervised::spawn(
+    let dr = spawn_end(&dir, "dr", vehicle, &router_ep, &[]);
+    let mut pe = spawn_end(
+        &dir,
         "pe",
-        end(
-            &dir,
-            "twinlink-pe",
-            "pe",
-            vehicle,
-            &router_ep,
-            &["--count", "40", "--rate-hz", "40"],
-        ),
-    )
-    .unwrap();
-    let status = pe
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap()
-        .expect("PE finished");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(dir.join("pe.log")).unwrap()
+        vehicle,
+        &router_ep,
+        &["--count", "40", "--rate-hz", "40"],
     );
+    pe_finishes(&mut pe, &dir);
     // The PE is gone: its twin keeps predicting where it is.
     std::thread::sleep(Duration::from_millis(1500));
     stop_dr(dr);
@@ -214,23 +216,14 @@ async fn a_third_session_can_neither_read_nor_inject() {
         .await
         .unwrap();
 
-    let dr = Supervised::spawn(
-        "dr",
-        end(&dir, "twinlink-dr", "dr", vehicle, &router_ep, &[]),
-    )
-    .unwrap();
-    let mut pe = Supervised::spawn(
+    let dr = spawn_end(&dir, "dr", vehicle, &router_ep, &[]);
+    let mut pe = spawn_end(
+        &dir,
         "pe",
-        end(
-            &dir,
-            "twinlink-pe",
-            "pe",
-            vehicle,
-            &router_ep,
-            &["--count", "120", "--rate-hz", "40"],
-        ),
-    )
-    .unwrap();
+        vehicle,
+        &router_ep,
+        &["--count", "120", "--rate-hz", "40"],
+    );
 
     // Let traffic flow, then meddle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -376,39 +369,21 @@ fn drive_with_map(name: &str, map: Option<&twinlink_link::bandwidth::CoverageMap
         std::fs::write(&map_path, serde_json::to_vec(map).unwrap()).unwrap();
     }
     let map_arg = map_path.to_str().unwrap().to_string();
-    let dr = Supervised::spawn(
+    let dr = spawn_end(
+        &dir,
         "dr",
-        end(
-            &dir,
-            "twinlink-dr",
-            "dr",
-            vehicle,
-            &router_ep,
-            &["--coverage-map", &map_arg],
-        ),
-    )
-    .unwrap();
-    let mut pe = Supervised::spawn(
-        "pe",
-        end(
-            &dir,
-            "twinlink-pe",
-            "pe",
-            vehicle,
-            &router_ep,
-            &["--count", "25", "--rate-hz", "10"],
-        ),
-    )
-    .unwrap();
-    let status = pe
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap()
-        .expect("PE finished");
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(dir.join("pe.log")).unwrap()
+        vehicle,
+        &router_ep,
+        &["--coverage-map", &map_arg],
     );
+    let mut pe = spawn_end(
+        &dir,
+        "pe",
+        vehicle,
+        &router_ep,
+        &["--count", "25", "--rate-hz", "10"],
+    );
+    pe_finishes(&mut pe, &dir);
     stop_dr(dr);
     let report = read_report(&dir, "dr");
     // The DR saved what it learned.

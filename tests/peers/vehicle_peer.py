@@ -135,6 +135,19 @@ def matched(node, got, truths, sent, gate):
             yield (summary, truth, *match(summary.objects, truth, gate))
 
 
+def summaries_by_stamp(node, sensor):
+    """Summaries of `sensor` received on perception/objects/<sensor>, keyed by stamp."""
+    got = {}
+    node.create_subscription(PerceptionSummary, f"perception/objects/{sensor}",
+                             lambda m: got.__setitem__(stamp_key(m.header.stamp), m), RELIABLE)
+    return got
+
+
+def wait_subscribed(node, *publishers):
+    """Waits (up to 30 s) until the node under test subscribes to every publisher."""
+    spin_for(node, 30.0, lambda: all(p.get_subscription_count() > 0 for p in publishers))
+
+
 def watch_diagnostics(node, name_suffix):
     """The newest /diagnostics values of the status whose name ends with name_suffix."""
     values = {}
@@ -160,9 +173,8 @@ def spin_for(node, seconds, until=None):
 def run_lidar(node, args):
     rng = np.random.default_rng(7)
     pub = node.create_publisher(PointCloud2, "lidar/points", qos_profile_sensor_data)
-    got = {}
-    node.create_subscription(PerceptionSummary, "perception/objects/lidar", lambda m: got.__setitem__(stamp_key(m.header.stamp), m), RELIABLE)
-    spin_for(node, 30.0, lambda: pub.get_subscription_count() > 0)
+    got = summaries_by_stamp(node, "lidar")
+    wait_subscribed(node, pub)
     truths, sent = {}, 0
     for frame in range(args.frames):
         scene = [(x + 0.5 * frame, y, yaw, l, w, h, c, vx, vy) for (x, y, yaw, l, w, h, c, vx, vy) in LIDAR_SCENE]
@@ -223,9 +235,8 @@ def run_radar(node, args):
     rng = np.random.default_rng(11)
     pub = node.create_publisher(PointCloud2, "radar/points", qos_profile_sensor_data)
     odom_pub = node.create_publisher(Odometry, "odom", qos_profile_sensor_data)
-    got = {}
-    node.create_subscription(PerceptionSummary, "perception/objects/radar", lambda m: got.__setitem__(stamp_key(m.header.stamp), m), RELIABLE)
-    spin_for(node, 30.0, lambda: pub.get_subscription_count() > 0 and odom_pub.get_subscription_count() > 0)
+    got = summaries_by_stamp(node, "radar")
+    wait_subscribed(node, pub, odom_pub)
     ego_vx = 20.0
     truths, sent = {}, 0
     for frame in range(args.frames):
@@ -267,7 +278,7 @@ def run_bad_camera(node, args):
     image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
     diags = watch_diagnostics(node, "camera_summarizer")
-    spin_for(node, 30.0, lambda: image_pub.get_subscription_count() > 0)
+    wait_subscribed(node, image_pub)
     rgb, _ = sr.render(sr.random_scene(rng), rng)
     stamp = node.get_clock().now().to_msg()
     # An image before any CameraInfo.
@@ -292,7 +303,7 @@ def run_bad_input(node, args):
     got = []
     node.create_subscription(PerceptionSummary, "perception/objects/lidar", lambda m: got.append(m), RELIABLE)
     diags = watch_diagnostics(node, "lidar_summarizer")
-    spin_for(node, 30.0, lambda: pub.get_subscription_count() > 0)
+    wait_subscribed(node, pub)
     stamp = node.get_clock().now().to_msg()
     good = lidar_scan(LIDAR_SCENE[:2], rng=rng, beams=16, columns=512)
     bad = []
@@ -365,9 +376,8 @@ def run_camera(node, args):
     rng = np.random.default_rng(5)
     image_pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     info_pub = node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data)
-    got = {}
-    node.create_subscription(PerceptionSummary, "perception/objects/camera", lambda m: got.__setitem__(stamp_key(m.header.stamp), m), RELIABLE)
-    spin_for(node, 30.0, lambda: image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0)
+    got = summaries_by_stamp(node, "camera")
+    wait_subscribed(node, image_pub, info_pub)
     truths, sent = {}, 0
     for frame in range(args.frames):
         scene = []
@@ -433,7 +443,7 @@ def run_link(node, args):
     recs, statuses = [], []
     node.create_subscription(Recommendation, "twin/recommendation", lambda m: recs.append(m), LATCHED)
     node.create_subscription(TwinStatus, "twin/status", lambda m: statuses.append(m), LATCHED)
-    spin_for(node, 30.0, lambda: odom_pub.get_subscription_count() > 0 and sum_pub.get_subscription_count() > 0)
+    wait_subscribed(node, odom_pub, sum_pub)
     end = time.time() + args.seconds
     k = 0
     while time.time() < end:
@@ -510,8 +520,7 @@ def run_drive(node, args):
     recs, statuses = [], []
     node.create_subscription(Recommendation, "twin/recommendation", lambda m: recs.append(m), LATCHED)
     node.create_subscription(TwinStatus, "twin/status", lambda m: statuses.append(m), LATCHED)
-    pubs = [lidar_pub, radar_pub, image_pub, info_pub, odom_pub]
-    spin_for(node, 30.0, lambda: all(p.get_subscription_count() > 0 for p in pubs))
+    wait_subscribed(node, lidar_pub, radar_pub, image_pub, info_pub, odom_pub)
     raw = {"lidar": 0, "radar": 0, "camera": 0}
     ego_x, ego_v = 0.0, 20.0
     # Traffic ahead: (x in map, lane y, speed).

@@ -80,12 +80,8 @@ fn main() {
             spawner.spawn_local(async move {
                 while let Some(received) = images.next().await {
                     let mut out = image_output.borrow_mut();
-                    let image = match received.message {
-                        Ok(image) => image,
-                        Err(e) => {
-                            out.refusals.refuse(e.kind(), &e);
-                            continue;
-                        }
+                    let Some(image) = out.refusals.accept(received.message) else {
+                        continue;
                     };
                     // The image itself first: a bad image is reported as such, model or not.
                     if let Err(e) = camera::ImageView::new(&image) {

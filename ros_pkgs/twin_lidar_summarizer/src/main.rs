@@ -33,12 +33,8 @@ fn main() {
             spawner.spawn_local(async move {
                 while let Some(received) = clouds.next().await {
                     let mut out = output.borrow_mut();
-                    let cloud = match received.message {
-                        Ok(cloud) => cloud,
-                        Err(e) => {
-                            out.refusals.refuse(e.kind(), &e);
-                            continue;
-                        }
+                    let Some(cloud) = out.refusals.accept(received.message) else {
+                        continue;
                     };
                     match summarizer.summarize(&cloud) {
                         Ok((summary, _)) => out.publish(summary, received.arrived_us),

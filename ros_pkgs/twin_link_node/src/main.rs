@@ -247,12 +247,8 @@ fn main() {
             spawner.spawn_local(async move {
                 while let Some(received) = odometry.next().await {
                     let mut s = odom_shared.lock().expect("state lock");
-                    let odom = match received.message {
-                        Ok(odom) => odom,
-                        Err(e) => {
-                            s.refuse(e.kind(), &e);
-                            continue;
-                        }
+                    let Some(odom) = s.refusals.accept(received.message) else {
+                        continue;
                     };
                     let state = match uplink::odometry_to_state(&odom, &odom_config) {
                         Ok(state) => state,
@@ -292,12 +288,8 @@ fn main() {
                 spawner.spawn_local(async move {
                     while let Some(received) = summaries.next().await {
                         let mut s = sum_shared.lock().expect("state lock");
-                        let summary = match received.message {
-                            Ok(summary) => summary,
-                            Err(e) => {
-                                s.refuse(e.kind(), &e);
-                                continue;
-                            }
+                        let Some(summary) = s.refusals.accept(received.message) else {
+                            continue;
                         };
                         if let Err(e) =
                             uplink::check_summary(&summary, &sum_config, received.arrived_us)
@@ -308,14 +300,18 @@ fn main() {
                         let stream =
                             uplink::stream_for_sensor(&summary.sensor_id).expect("checked above");
                         s.counters.uplinked += 1;
-                        let message = twinlink_link::minimal::to_link(
-                            &stream,
-                            uplink::priority_of(&stream),
-                            &summary,
-                            received.arrived_us,
-                        );
                         s.seen.insert(summary.sensor_id.clone(), summary);
                         drop(s);
+                        // The summary goes up as it arrived: its CDR bytes decoded and
+                        // validated above, not encoded a second time.
+                        let message = Message {
+                            priority: uplink::priority_of(&stream),
+                            stream,
+                            type_name: <PerceptionSummary as twinlink_msgs::Message>::TYPE_NAME
+                                .to_string(),
+                            created_us: received.arrived_us,
+                            payload: received.raw,
+                        };
                         let _ = sum_link.send(message);
                     }
                 })?;

@@ -216,13 +216,14 @@ impl<M: Message> CdrPublisher<M> {
     }
 }
 
-/// One received message: decoded (or the reason it is not), its size, and when it was
+/// One received message: decoded (or the reason it is not), its CDR bytes, and when it was
 /// taken from ROS [us since the epoch].
 pub struct Received<M> {
     /// The message, or why its bytes are not one.
     pub message: Result<M, DecodeError>,
-    /// Serialized size [bytes].
-    pub bytes: usize,
+    /// The serialized message as it arrived (a node forwarding it unchanged reuses these
+    /// instead of encoding it again).
+    pub raw: Vec<u8>,
     /// When the node got it [us since the epoch].
     pub arrived_us: u64,
 }
@@ -239,8 +240,8 @@ pub fn subscribe_cdr<M: Message>(
     Ok(raw.map(|bytes| {
         let arrived_us = now_us();
         Received {
-            bytes: bytes.len(),
             message: codec::decode::<M>(&bytes),
+            raw: bytes,
             arrived_us,
         }
     }))
@@ -279,6 +280,17 @@ impl Refusals {
             *entry = (now, 0);
         } else {
             entry.1 += 1;
+        }
+    }
+
+    /// The decoded message, or `None` after counting and reporting its decode error.
+    pub fn accept<M>(&mut self, message: Result<M, DecodeError>) -> Option<M> {
+        match message {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.refuse(e.kind(), &e);
+                None
+            }
         }
     }
 

@@ -67,12 +67,8 @@ fn main() {
             spawner.spawn_local(async move {
                 while let Some(received) = clouds.next().await {
                     let mut out = cloud_output.borrow_mut();
-                    let cloud = match received.message {
-                        Ok(cloud) => cloud,
-                        Err(e) => {
-                            out.refusals.refuse(e.kind(), &e);
-                            continue;
-                        }
+                    let Some(cloud) = out.refusals.accept(received.message) else {
+                        continue;
                     };
                     let now = now_us();
                     let motion = ego
