@@ -3,12 +3,25 @@
 //! `twinctl provision <vehicle-id>` makes the key pair of a vehicle's intra-twin link and
 //! writes one key file per end (`<vehicle>.pe.key`, `<vehicle>.dr.key`), mode 0600. Key
 //! bytes are never printed; only public keys' fingerprints are.
+//!
+//! `twinctl audit verify <vehicle-id>` checks the DR's tamper-evident history of that
+//! vehicle (`<data-dir>/<vehicle-id>/audit.log`, see `twin_dr_host::audit`): hash chain,
+//! order, checkpoint signatures, optionally against a pinned public key.
+//!
+//! Exit status: 0 on success (for `audit verify`: the log is intact), 1 when `audit verify`
+//! found tampering, 2 on usage and I/O errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use twin_dr_host::audit::{self, VerifyReport};
 use twinlink_link::{KeyMaterial, Role, VehicleId};
+
+/// Exit status when `audit verify` found tampering.
+const EXIT_TAMPERED: u8 = 1;
+/// Exit status on usage and I/O errors (as clap's own usage errors).
+const EXIT_ERROR: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "twinctl", about = "Operate twinlink twins", version)]
@@ -30,26 +43,142 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Inspect a DR's tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify a vehicle's audit log: hash chain, order and checkpoint signatures.
+    ///
+    /// Exits 0 when the log is intact (warnings allowed), 1 when tampering was found, 2 on
+    /// errors (no such log, bad arguments).
+    Verify {
+        /// The vehicle's id (ASCII letters, digits, '_', '-', '.'; 1 to 64 bytes).
+        vehicle: String,
+        /// The DR host's data directory; the log is `<data-dir>/<vehicle>/audit.log`.
+        #[arg(long, default_value = "dr-data")]
+        data_dir: PathBuf,
+        /// The log's public key (64 hex digits, from `audit.pub`, kept somewhere the DR
+        /// host cannot write); without it a log re-created with a new key goes unnoticed.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("twinctl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Provision {
             vehicle,
             out,
             force,
-        } => provision(&vehicle, &out, force),
+        } => provision(&vehicle, &out, force).map(|()| ExitCode::SUCCESS),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    vehicle,
+                    data_dir,
+                    public_key,
+                    json,
+                },
+        } => audit_verify(&vehicle, &data_dir, public_key.as_deref(), json),
     }
+}
+
+fn audit_verify(
+    vehicle: &str,
+    data_dir: &Path,
+    public_key: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let vehicle = VehicleId::new(vehicle)?;
+    let pinned = public_key
+        .map(audit::parse_public_key)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let dir = data_dir.join(vehicle.as_str());
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no data directory for vehicle {vehicle}: {} does not exist (the DR host keeps <data-dir>/<vehicle>/audit.log; is --data-dir right?)",
+            dir.display()
+        );
+    }
+    let report = audit::verify(&dir, &vehicle, pinned)?;
+    let text = if json {
+        serde_json::to_string_pretty(&report.to_json())? + "\n"
+    } else {
+        format_report(&report)
+    };
+    emit(&text)?;
+    Ok(if report.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TAMPERED)
+    })
+}
+
+/// Writes `text` to stdout; a reader that stopped reading (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The human summary: what was checked, then OK or each problem on its own line.
+fn format_report(report: &VerifyReport) -> String {
+    let mut lines = vec![format!(
+        "audit log {} (vehicle {})",
+        report.path.display(),
+        report.vehicle
+    )];
+    let signed = match report.signed_through {
+        Some(index) => format!("signed through record {index}"),
+        None => "no valid checkpoint".to_string(),
+    };
+    lines.push(format!(
+        "  records: {}, checkpoints: {}, {signed}",
+        report.records, report.checkpoints
+    ));
+    lines.push(match (&report.genesis_public_key, report.key_pinned) {
+        (Some(key), true) => format!("  key: {key} (pinned)"),
+        (Some(key), false) => format!(
+            "  key: {key} (not pinned: pass --public-key with the key from audit.pub, kept elsewhere, to detect a log re-created with another key)"
+        ),
+        (None, true) => "  key: pinned; the genesis record's key is unreadable".to_string(),
+        (None, false) => "  key: unreadable, none pinned".to_string(),
+    });
+    let failures: Vec<_> = report.failures().collect();
+    if failures.is_empty() {
+        lines.push("OK: the chain is intact and every checkpoint signature verifies".to_string());
+    } else {
+        lines.push(format!("TAMPERED: {} problem(s) found", failures.len()));
+        lines.extend(failures.iter().map(|problem| format!("  {problem}")));
+    }
+    lines.extend(
+        report
+            .warnings()
+            .map(|warning| format!("warning: {warning}")),
+    );
+    lines.join("\n") + "\n"
 }
 
 fn provision(vehicle: &str, out: &std::path::Path, force: bool) -> anyhow::Result<()> {

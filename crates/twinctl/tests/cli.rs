@@ -1,4 +1,4 @@
-//! What a user sees from `twinctl provision`, good and bad.
+//! What a user sees from `twinctl provision` and `twinctl audit verify`, good and bad.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
@@ -79,4 +79,177 @@ fn bad_vehicle_ids_are_refused_with_the_reason() {
         );
     }
     assert!(!dir.exists(), "nothing written for a bad id");
+}
+
+/// A DR data directory holding one audit log for `vehicle`, written by the DR host's
+/// library: genesis, 40 records, a checkpoint every 16 and one at the clean close.
+fn audit_data_dir(name: &str, vehicle: &str) -> std::path::PathBuf {
+    use twin_dr_host::audit::{AuditConfig, AuditLog, Kind};
+    let data = temp_dir(name);
+    let id = twinlink_link::VehicleId::new(vehicle).unwrap();
+    let mut log = AuditLog::open(
+        &data.join(vehicle),
+        &id,
+        AuditConfig {
+            checkpoint_every: 16,
+        },
+    )
+    .unwrap();
+    for seq in 0..40u64 {
+        let detail = serde_json::json!({"stream": "perception", "seq": seq, "bytes": 1000 + seq});
+        log.append(
+            Kind::ExchangeIn,
+            detail,
+            format!("summary {seq}").as_bytes(),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    data
+}
+
+fn verify(vehicle: &str, data: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    twinctl()
+        .args(["audit", "verify", vehicle, "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+#[test]
+fn audit_verify_passes_an_intact_log_and_names_an_altered_or_removed_record() {
+    let data = audit_data_dir("audit-ok", "veh-3");
+    let log_path = data.join("veh-3").join("audit.log");
+    let records = std::fs::read_to_string(&log_path).unwrap().lines().count();
+    assert_eq!(records, 1 + 40 + 3);
+
+    let out = verify("veh-3", &data, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("records: {records}, checkpoints: 3")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("not pinned"), "{stdout}");
+
+    // Pinned to the key in audit.pub.
+    let public = std::fs::read_to_string(data.join("veh-3").join("audit.pub")).unwrap();
+    let out = verify("veh-3", &data, &["--public-key", public.trim()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("(pinned)"));
+
+    let out = verify("veh-3", &data, &["--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["intact"], true);
+    assert_eq!(json["records"], records);
+    assert_eq!(json["problems"], serde_json::json!([]));
+
+    // Alter record 20's detail.
+    let original = std::fs::read_to_string(&log_path).unwrap();
+    let mut lines: Vec<String> = original.lines().map(str::to_string).collect();
+    let record: serde_json::Value = serde_json::from_str(&lines[20]).unwrap();
+    assert_eq!(record["index"], 20);
+    let bytes = record["detail"]["bytes"].as_u64().unwrap();
+    lines[20] = lines[20].replace(
+        &format!("\"bytes\":{bytes}"),
+        &format!("\"bytes\":{}", bytes + 1),
+    );
+    std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+    let out = verify("veh-3", &data, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("TAMPERED: 1 problem(s) found"), "{stdout}");
+    assert!(
+        stdout.contains("record 20 was altered (line 21)"),
+        "{stdout}"
+    );
+    let out = verify("veh-3", &data, &["--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["intact"], false);
+    assert_eq!(json["problems"][0]["problem"], "altered");
+    assert_eq!(json["problems"][0]["index"], 20);
+    assert_eq!(json["problems"][0]["severity"], "failure");
+    assert_eq!(
+        json["problems"][0]["message"],
+        "record 20 was altered (line 21)"
+    );
+
+    // Remove record 7 instead.
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.remove(7);
+    std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+    let out = verify("veh-3", &data, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("record 7 removed"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn audit_verify_against_another_pinned_key_fails() {
+    let data = audit_data_dir("audit-pin", "veh-4");
+    let other = audit_data_dir("audit-pin-other", "veh-5");
+    let foreign = std::fs::read_to_string(other.join("veh-5").join("audit.pub")).unwrap();
+    let out = verify("veh-4", &data, &["--public-key", foreign.trim()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("is not the pinned key"), "{stdout}");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+}
+
+#[test]
+fn audit_verify_errors_name_the_cause_and_exit_2() {
+    let data = audit_data_dir("audit-err", "veh-6");
+    // No directory for the vehicle.
+    let out = verify("veh-9", &data, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&data.join("veh-9").display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // A directory without a log.
+    std::fs::create_dir_all(data.join("veh-8")).unwrap();
+    let out = verify("veh-8", &data, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no audit log at {}",
+            data.join("veh-8").join("audit.log").display()
+        )),
+        "{err}"
+    );
+    // A bad vehicle id or key.
+    let out = verify("a/b", &data, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("vehicle id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = verify("veh-6", &data, &["--public-key", "xyz"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--public-key"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A usage error is 2 as well (clap).
+    let out = twinctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&data).unwrap();
 }

@@ -55,6 +55,13 @@ impl Supervised {
         self.signal_group(libc::SIGTERM);
     }
 
+    /// Kills the process group at once (SIGKILL, as `kill -9`), for crash tests; waits
+    /// until the leader is gone.
+    pub fn kill(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
     /// The process id of the group leader.
     pub fn pid(&self) -> u32 {
         self.child.id()

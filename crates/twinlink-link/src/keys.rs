@@ -11,8 +11,13 @@
 //! twinlink/v1/twin/<vehicle>/alive/pe       liveliness token of the PE
 //! twinlink/v1/twin/<vehicle>/alive/dr       liveliness token of the DR
 //! twinlink/v1/relay/<from>/<to>             inter-twin relay, DR -> DR (reserved)
-//! twinlink/v1/region/<tile>/<category>      regional traffic by tile and category (reserved)
+//! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
+//!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
 //! ```
+//!
+//! A DR host serves many twins from one Zenoh session: it watches every PE's liveliness
+//! token ([`any_pe_alive`]) and every handshake ([`any_sync`]) to wake the twin a vehicle
+//! is looking for, and reads a key's vehicle back with [`vehicle_of`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -131,6 +136,11 @@ impl RegionTile {
         validate_chunk("region tile", value, 64)?;
         Ok(Self(value.to_string()))
     }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Which end of the intra-twin link a process is.
@@ -238,6 +248,35 @@ pub fn region(tile: &RegionTile, category: &str) -> Result<OwnedKeyExpr, KeyErro
     Ok(key(format!("{ROOT}/region/{}/{category}", tile.0)))
 }
 
+/// The liveliness tokens of every PE.
+pub fn any_pe_alive() -> OwnedKeyExpr {
+    key(format!("{ROOT}/twin/*/alive/pe"))
+}
+
+/// The handshake keys of every twin.
+pub fn any_sync() -> OwnedKeyExpr {
+    key(format!("{ROOT}/twin/*/sync"))
+}
+
+/// Regional data of `category` for every tile.
+pub fn any_region(category: &str) -> Result<OwnedKeyExpr, KeyError> {
+    validate_chunk("category", category, 64)?;
+    Ok(key(format!("{ROOT}/region/*/{category}")))
+}
+
+/// The vehicle a twin key (`twinlink/v1/twin/<vehicle>/...`) belongs to.
+pub fn vehicle_of(key_expr: &str) -> Option<VehicleId> {
+    let rest = key_expr.strip_prefix(ROOT)?.strip_prefix("/twin/")?;
+    let vehicle = rest.split('/').next()?;
+    VehicleId::new(vehicle).ok()
+}
+
+/// The tile of a region key (`twinlink/v1/region/<tile>/<category>`).
+pub fn tile_of(key_expr: &str) -> Option<RegionTile> {
+    let rest = key_expr.strip_prefix(ROOT)?.strip_prefix("/region/")?;
+    RegionTile::new(rest.split('/').next()?).ok()
+}
+
 /// Every twinlink key (for diagnostics).
 pub fn everything() -> OwnedKeyExpr {
     key(format!("{ROOT}/**"))
@@ -289,6 +328,26 @@ mod tests {
         let neighbour = TwinKeys::new(VehicleId::new("veh-011").unwrap());
         assert!(!all.intersects(&neighbour.uplink()));
         assert!(everything().includes(&neighbour.uplink()));
+    }
+
+    #[test]
+    fn host_wildcards_match_every_twin_and_keys_read_back() {
+        let t = twin();
+        assert!(any_pe_alive().includes(&t.alive(Role::Pe)));
+        assert!(!any_pe_alive().intersects(&t.alive(Role::Dr)));
+        assert!(any_sync().includes(&t.sync()));
+        let tile = RegionTile::new("120_33").unwrap();
+        let traffic = region(&tile, "traffic").unwrap();
+        assert!(any_region("traffic").unwrap().includes(&traffic));
+        assert!(any_region("a/b").is_err());
+        assert_eq!(vehicle_of(t.sync().as_str()).unwrap().as_str(), "veh-01");
+        assert_eq!(
+            vehicle_of("twinlink/v1/twin/veh-01").unwrap().as_str(),
+            "veh-01"
+        );
+        assert!(vehicle_of("twinlink/v1/relay/veh-01/x").is_none());
+        assert!(vehicle_of("twinlink/v1/twin/*/sync").is_none());
+        assert_eq!(tile_of(traffic.as_str()).unwrap().as_str(), "120_33");
     }
 
     #[test]

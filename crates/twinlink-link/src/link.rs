@@ -156,6 +156,33 @@ pub struct LinkConfig {
     pub faults: FaultControl,
     /// Seed of the fault layer's random source.
     pub fault_seed: u64,
+    /// Acknowledge only what the application confirmed durable with
+    /// [`Link::confirm_durable`] (a DR that persists what it receives sets this, so that
+    /// no acknowledged message is lost when its process dies).
+    pub durable_acks: bool,
+    /// Continue an earlier incarnation of this end (after a restart with durable state).
+    pub resume: Option<ResumeState>,
+}
+
+/// What a restarted link end needs to continue where it left off: its incarnation (so the
+/// peer does not treat it as a new end that lost everything) and the first sequence number
+/// it had not made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeState {
+    /// The incarnation id to keep.
+    pub incarnation: u64,
+    /// The first received sequence number not durable.
+    pub rx_next: u64,
+}
+
+impl ResumeState {
+    /// A new incarnation that has received nothing.
+    pub fn fresh() -> Self {
+        ResumeState {
+            incarnation: rand::random(),
+            rx_next: 0,
+        }
+    }
 }
 
 impl LinkConfig {
@@ -180,6 +207,8 @@ impl LinkConfig {
             report_interval: Duration::from_millis(200),
             faults: FaultControl::new(FaultPlan::clean()),
             fault_seed: 0x7e1c,
+            durable_acks: false,
+            resume: None,
         }
     }
 }
@@ -292,6 +321,7 @@ impl LinkStats {
 enum Command {
     Send(Message, Option<oneshot::Sender<PushOutcome>>),
     Stats(oneshot::Sender<LinkStats>),
+    ConfirmDurable(u64),
     Close(oneshot::Sender<()>),
 }
 
@@ -310,11 +340,20 @@ impl Link {
         let session = zenoh::open(config.zenoh.to_config()?)
             .await
             .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
-        Self::open_on(session, config).await
+        Self::start(session, config, true).await
     }
 
-    /// Starts the link end on an existing Zenoh session.
+    /// Starts the link end on an existing Zenoh session, shared with other link ends (a DR
+    /// host runs one session for all its twins); closing the link leaves the session open.
     pub async fn open_on(session: zenoh::Session, config: LinkConfig) -> anyhow::Result<Link> {
+        Self::start(session, config, false).await
+    }
+
+    async fn start(
+        session: zenoh::Session,
+        config: LinkConfig,
+        owns_session: bool,
+    ) -> anyhow::Result<Link> {
         let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
         let role = config.material.role;
         let keys = TwinKeys::new(config.material.vehicle.clone());
@@ -359,6 +398,7 @@ impl Link {
         let engine = Engine::new(config, event_tx);
         let io = Io {
             session,
+            owns_session,
             keys,
             publisher,
             frames,
@@ -399,6 +439,14 @@ impl Link {
             .send(Command::Send(message, Some(tx)))
             .map_err(|_| anyhow::anyhow!("the link has stopped"))?;
         rx.await
+            .map_err(|_| anyhow::anyhow!("the link has stopped"))
+    }
+
+    /// Tells the link that everything received up to and including sequence number `seq`
+    /// is durable; with [`LinkConfig::durable_acks`] only that is acknowledged.
+    pub fn confirm_durable(&self, seq: u64) -> anyhow::Result<()> {
+        self.commands
+            .send(Command::ConfirmDurable(seq))
             .map_err(|_| anyhow::anyhow!("the link has stopped"))
     }
 
@@ -466,6 +514,7 @@ impl Drop for Link {
 
 struct Io {
     session: zenoh::Session,
+    owns_session: bool,
     keys: TwinKeys,
     publisher: zenoh::pubsub::Publisher<'static>,
     frames: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
@@ -578,10 +627,15 @@ async fn run(mut engine: Engine, mut io: Io) {
         }
     }
     let Io {
-        session, _token, ..
+        session,
+        owns_session,
+        _token,
+        ..
     } = io;
     drop(_token);
-    let _ = session.close().await;
+    if owns_session {
+        let _ = session.close().await;
+    }
     if let Some(reply) = close_reply {
         let _ = reply.send(());
     }
@@ -684,13 +738,25 @@ impl Engine {
             role,
             vehicle: config.material.vehicle.to_string(),
             material: config.material.clone(),
-            incarnation: rand::random(),
+            incarnation: config
+                .resume
+                .map(|r| r.incarnation)
+                .unwrap_or_else(rand::random),
             peer_incarnation: None,
             sender: Sender::new(
                 Outbox::new(config.outbox_messages, config.outbox_bytes),
                 config.max_in_flight_bytes,
             ),
-            receiver: Receiver::new(config.reorder_window),
+            receiver: {
+                let mut r = Receiver::new(config.reorder_window);
+                if config.durable_acks {
+                    r.gate_acks_on_durability();
+                }
+                if let Some(resume) = config.resume {
+                    r.resume_at(resume.rx_next);
+                }
+                r
+            },
             sessions: HashMap::new(),
             current: None,
             seen_session_ids: HashSet::new(),
@@ -732,6 +798,13 @@ impl Engine {
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
+                None
+            }
+            Command::ConfirmDurable(seq) => {
+                if self.receiver.confirm_durable(seq) && self.ack_owed.is_none() {
+                    // The acknowledgement moved: tell the sender soon (no RTT echo).
+                    self.ack_owed = Some((0, Instant::now()));
+                }
                 None
             }
             Command::Close(reply) => Some(reply),
@@ -869,7 +942,7 @@ impl Engine {
 
     fn sync_state(&self) -> SyncState {
         SyncState {
-            rx_next: self.receiver.next_expected(),
+            rx_next: self.receiver.acked_next(),
             tx_base: self.sender.base(),
             incarnation: self.incarnation,
         }

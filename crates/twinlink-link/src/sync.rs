@@ -694,6 +694,10 @@ pub struct Receiver {
     early: BTreeMap<u64, WireItem>,
     window: u64,
     stats: ReceiverStats,
+    /// With durable acknowledgements: everything below this is durable at the application.
+    durable_next: Option<u64>,
+    /// The newest sequence number delivered to the application.
+    last_delivered: Option<u64>,
 }
 
 impl Receiver {
@@ -704,6 +708,48 @@ impl Receiver {
             early: BTreeMap::new(),
             window: window.max(1),
             stats: ReceiverStats::default(),
+            durable_next: None,
+            last_delivered: None,
+        }
+    }
+
+    /// Resumes a receiver after a restart: `next_expected` is the first sequence number
+    /// that the application has not made durable.
+    pub fn resume_at(&mut self, next_expected: u64) {
+        self.next_expected = next_expected;
+        self.early.clear();
+        if let Some(d) = &mut self.durable_next {
+            *d = (*d).max(next_expected);
+        }
+    }
+
+    /// Acknowledges only what the application confirmed durable
+    /// ([`Receiver::confirm_durable`]): a crash of the application then never loses an
+    /// acknowledged message, because the sender keeps and resends everything else.
+    pub fn gate_acks_on_durability(&mut self) {
+        self.durable_next = Some(self.next_expected);
+    }
+
+    /// The application made everything up to and including `seq` durable. Returns whether
+    /// the acknowledgement moved.
+    pub fn confirm_durable(&mut self, seq: u64) -> bool {
+        let before = self.acked_next();
+        if let Some(d) = &mut self.durable_next {
+            *d = (*d).max(seq.saturating_add(1)).min(self.next_expected);
+        }
+        self.acked_next() != before
+    }
+
+    /// The first sequence number not acknowledged: the next expected one, or with durable
+    /// acknowledgements the first one not yet durable (skips after the last delivered
+    /// message need no durability).
+    pub fn acked_next(&self) -> u64 {
+        match self.durable_next {
+            None => self.next_expected,
+            Some(d) => match self.last_delivered {
+                Some(last) if last >= d => d,
+                _ => self.next_expected,
+            },
         }
     }
 
@@ -756,9 +802,18 @@ impl Receiver {
         match item {
             WireItem::Data { seq, message } => {
                 self.stats.delivered += 1;
+                self.last_delivered = Some(seq);
                 out.push(Delivered { seq, message });
             }
-            WireItem::Skip { .. } => self.stats.skipped += 1,
+            WireItem::Skip { .. } => {
+                self.stats.skipped += 1;
+                // A skip right after durable data is durable too (there is nothing in it).
+                if let Some(d) = &mut self.durable_next {
+                    if *d == self.next_expected {
+                        *d += 1;
+                    }
+                }
+            }
         }
         self.next_expected += 1;
     }
@@ -776,7 +831,14 @@ impl Receiver {
     /// The acknowledgement to send now.
     pub fn ack(&self, echo_sent_us: u64, echo_hold_us: u64) -> Ack {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for &seq in self.early.keys() {
+        // With durable acknowledgements, buffered items are not acknowledged (they are not
+        // durable): the sender keeps them until the cumulative acknowledgement covers them.
+        let early = if self.durable_next.is_some() {
+            None
+        } else {
+            Some(self.early.keys())
+        };
+        for &seq in early.into_iter().flatten() {
             match ranges.last_mut() {
                 Some((_, hi)) if *hi + 1 == seq => *hi = seq,
                 _ => {
@@ -788,7 +850,7 @@ impl Receiver {
             }
         }
         Ack {
-            next_expected: self.next_expected,
+            next_expected: self.acked_next(),
             ranges,
             echo_sent_us,
             echo_hold_us,
@@ -800,6 +862,58 @@ impl Receiver {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn durable_acks_cover_only_what_the_application_confirmed() {
+        let data = |seq: u64| WireItem::Data {
+            seq,
+            message: Arc::new(msg("s", Priority::Objects, seq)),
+        };
+        let mut r = Receiver::new(1024);
+        r.gate_acks_on_durability();
+        let out = r.on_items([data(0), data(1), data(2), data(5)]);
+        assert_eq!(out.len(), 3);
+        let ack = r.ack(0, 0);
+        assert_eq!(ack.next_expected, 0, "nothing durable yet");
+        assert!(ack.ranges.is_empty(), "buffered items are not acknowledged");
+        assert!(r.confirm_durable(1));
+        assert_eq!(r.ack(0, 0).next_expected, 2);
+        assert!(!r.confirm_durable(0), "confirmations never go back");
+        r.confirm_durable(2);
+        assert_eq!(r.ack(0, 0).next_expected, 3);
+        // A skip after the last durable message needs no confirmation.
+        r.on_items([WireItem::Skip { seq: 3 }]);
+        assert_eq!(r.acked_next(), 4);
+        // 4 and the buffered 5 are delivered, not durable: the acknowledgement stays.
+        assert_eq!(r.on_items([data(4)]).len(), 2);
+        assert_eq!(r.acked_next(), 4);
+        r.confirm_durable(5);
+        assert_eq!(r.acked_next(), 6);
+    }
+
+    #[test]
+    fn a_resumed_receiver_continues_where_durability_ended() {
+        let mut r = Receiver::new(1024);
+        r.gate_acks_on_durability();
+        r.resume_at(7);
+        assert_eq!(r.acked_next(), 7);
+        let data = WireItem::Data {
+            seq: 6,
+            message: Arc::new(msg("s", Priority::Objects, 6)),
+        };
+        assert!(
+            r.on_items([data]).is_empty(),
+            "below the resume point: a duplicate"
+        );
+        let data = WireItem::Data {
+            seq: 7,
+            message: Arc::new(msg("s", Priority::Objects, 7)),
+        };
+        assert_eq!(r.on_items([data]).len(), 1);
+        assert_eq!(r.acked_next(), 7);
+        r.confirm_durable(7);
+        assert_eq!(r.acked_next(), 8);
+    }
 
     fn msg(stream: &str, priority: Priority, n: u64) -> Message {
         Message {

@@ -1,6 +1,33 @@
 //! The digital representative (DR) host: one DR per provisioned vehicle. Runs without ROS.
 //!
-//! Built so far: [`tracker`], the multi-object tracker that fuses the vehicle's LiDAR,
-//! radar and camera summaries in the map frame.
+//! Layers, bottom up (plain Rust with their own tests; only [`host`] and [`admin`] do
+//! I/O):
+//!
+//! - [`tracker`]: the multi-object tracker that fuses the vehicle's LiDAR, radar and
+//!   camera summaries in the map frame.
+//! - [`ego`]: the estimate of the vehicle itself, predicted while it is offline.
+//! - [`road`]: the lane-level road model along the vehicle's route (Frenet s/d, lanes).
+//! - [`world`]: what the DR knows around its vehicle: tracks, regional traffic, incidents,
+//!   in road coordinates.
+//! - [`planner`]: IDM speed and MOBIL lane choice with lookahead, the safety filter, and
+//!   the recommendation with its horizon and reason.
+//! - [`twin`]: one DR, tying the above together without I/O.
+//! - [`store`]: durable state (embedded `redb`) with group commit.
+//! - [`audit`]: the hash-chained, signed history of every exchange and disclosure.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the operator endpoint.
+//! - [`host`]: thousands of twins on one Zenoh session and tokio runtime.
+//! - [`sequences`]: generated multi-sensor sequences with ground truth, for scoring the
+//!   tracker.
 
+pub mod admin;
+pub mod audit;
+pub mod ego;
+pub mod host;
+pub mod metrics;
+pub mod planner;
+pub mod road;
+pub mod sequences;
+pub mod store;
 pub mod tracker;
+pub mod twin;
+pub mod world;

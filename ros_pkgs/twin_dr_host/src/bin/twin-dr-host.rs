@@ -1,0 +1,116 @@
+//! `twin-dr-host`: hosts one digital representative per provisioned vehicle.
+//! `twin-dr-host --help` lists the options; the package README shows a session.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use twin_dr_host::audit::AuditConfig;
+use twin_dr_host::host::{self, HostConfig};
+use twin_dr_host::planner::Planner;
+use twin_dr_host::road::{Road, RoadSpec};
+use twin_dr_host::tracker::TrackerConfig;
+use twin_dr_host::twin::TwinSettings;
+use twinlink_link::cli::{self, ZenohArgs};
+
+#[derive(Debug, Parser)]
+#[command(about = "Hosts one digital representative (twin) per provisioned vehicle")]
+struct Args {
+    /// Directory of `<vehicle>.dr.key` files (from `twinctl provision <vehicle> --out DIR`);
+    /// rescanned while running.
+    #[arg(long)]
+    keys: PathBuf,
+    /// Directory of durable state (database and audit logs), created if missing.
+    #[arg(long, default_value = "dr-data")]
+    data_dir: PathBuf,
+    /// Route of the twins' vehicles (JSON road specification, see the package README);
+    /// default: a straight 20 km road along x with 3 lanes and a 120 km/h limit.
+    #[arg(long)]
+    road: Option<PathBuf>,
+    /// Serve /metrics and /twins here (e.g. 127.0.0.1:9464); "off" to serve nothing.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin: String,
+    /// A twin whose vehicle is gone this long goes dormant [s].
+    #[arg(long, default_value_t = 30.0)]
+    idle_after_s: f64,
+    /// How often the keys directory is rescanned [ms].
+    #[arg(long, default_value_t = 2000)]
+    rescan_ms: u64,
+    /// Messages kept per twin in the durable inbox.
+    #[arg(long, default_value_t = 4096)]
+    retention: u64,
+    /// Audit checkpoint (signature) every this many records.
+    #[arg(long, default_value_t = 256)]
+    checkpoint_every: u64,
+    #[command(flatten)]
+    zenoh: ZenohArgs,
+}
+
+fn road(path: &Option<PathBuf>) -> anyhow::Result<Road> {
+    match path {
+        None => Ok(Road::straight(20_000.0, 3, 120.0 / 3.6)?),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("--road {}: {e}", p.display()))?;
+            let spec: RoadSpec = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--road {}: {e}", p.display()))?;
+            Road::new(spec).map_err(|e| anyhow::anyhow!("--road {}: {e}", p.display()))
+        }
+    }
+}
+
+fn config(args: &Args) -> anyhow::Result<HostConfig> {
+    if !(args.idle_after_s.is_finite() && args.idle_after_s > 0.0) {
+        anyhow::bail!(
+            "--idle-after-s must be a positive number of seconds, got {}",
+            args.idle_after_s
+        );
+    }
+    if args.rescan_ms == 0 {
+        anyhow::bail!("--rescan-ms must be positive");
+    }
+    if args.checkpoint_every == 0 {
+        anyhow::bail!("--checkpoint-every must be at least 1");
+    }
+    if !args.keys.is_dir() {
+        anyhow::bail!(
+            "--keys {}: not a directory (create it with `twinctl provision <vehicle> --out {}`)",
+            args.keys.display(),
+            args.keys.display()
+        );
+    }
+    let admin = match args.admin.as_str() {
+        "off" => None,
+        a => Some(a.parse::<SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("--admin {a:?}: {e} (an address like 127.0.0.1:9464, or off)")
+        })?),
+    };
+    Ok(HostConfig {
+        keys_dir: args.keys.clone(),
+        data_dir: args.data_dir.clone(),
+        zenoh: args.zenoh.settings()?,
+        settings: TwinSettings {
+            road: Arc::new(road(&args.road)?),
+            tracker: TrackerConfig::default(),
+            planner: Planner::default(),
+        },
+        idle_after: Duration::from_secs_f64(args.idle_after_s),
+        rescan: Duration::from_millis(args.rescan_ms),
+        min_horizon: 5.0,
+        retention: args.retention.max(1),
+        audit: AuditConfig {
+            checkpoint_every: args.checkpoint_every,
+        },
+        admin,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    cli::init_tracing();
+    let args = Args::parse();
+    let config = config(&args)?;
+    host::run(config, cli::shutdown_signal(), None).await
+}

@@ -1,0 +1,641 @@
+//! The DR host: one process, one Zenoh session, one twin per provisioned vehicle.
+//!
+//! **Provisioning.** Every `<vehicle>.dr.key` in the keys directory (written by
+//! `twinctl provision <vehicle> --out DIR`) is a twin to host; the directory is rescanned,
+//! so a twin provisioned while the host runs is picked up within a rescan period.
+//!
+//! **Dormant and active twins.** A twin whose vehicle is not connected is *dormant*: only
+//! its state in memory (a few kilobytes), no task, no Zenoh declaration. It still takes
+//! regional traffic, and its estimate of the vehicle keeps predicting (it is computed when
+//! asked). The host watches every vehicle's liveliness token and every handshake with two
+//! wildcard declarations; when a provisioned vehicle appears, its twin becomes *active*:
+//! a task of its own with its link end ([`twinlink_link::Link`] on the shared session),
+//! its audit log open, fusing, planning and answering. A twin whose vehicle has been gone
+//! for `idle_after` closes its link and its log and is dormant again.
+//!
+//! **Isolation.** Each active twin is its own tokio task; a bad message is refused and
+//! counted inside that twin, and a panic ends only that task: the host counts it and
+//! rebuilds the twin from its durable state.
+//!
+//! **Durability.** Links run with durable acknowledgements: every received message is
+//! committed by the store's writer ([`crate::store`]) before the vehicle sees it
+//! acknowledged, and the link resumes its incarnation and sequence after a restart, so a
+//! host killed at any point loses nothing it acknowledged. Every exchange is also recorded
+//! in the twin's hash-chained, signed audit log ([`crate::audit`]), written through to the
+//! operating system before the acknowledgement.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+use twinlink_link::keys::{self, Role, VehicleId};
+use twinlink_link::link::{now_us, ResumeState};
+use twinlink_link::minimal::{from_link, to_link};
+use twinlink_link::{KeyMaterial, Link, LinkConfig, LinkEvent, Priority, ZenohSettings};
+use twinlink_msgs::twin_msgs::msg::{
+    PerceptionSummary, RegionalTraffic, SharingPolicy, VehicleState,
+};
+use twinlink_msgs::Message as _;
+
+use crate::admin::{self, AdminRequest};
+use crate::audit::{AuditConfig, AuditLog, Kind};
+use crate::metrics::HostMetrics;
+use crate::store::{Store, StoredMessage, WriteOp, Writer, WriterHandle};
+use crate::twin::{Twin, TwinSettings};
+
+/// Stream of recommendations (DR → PE).
+pub const STREAM_RECOMMENDATION: &str = "recommendation";
+/// Regional data category the host subscribes to.
+pub const REGION_TRAFFIC: &str = "traffic";
+
+/// Settings of a host.
+#[derive(Clone)]
+pub struct HostConfig {
+    /// Directory of `<vehicle>.dr.key` files.
+    pub keys_dir: PathBuf,
+    /// Directory of durable state: `host.redb` and one folder per twin (its audit log).
+    pub data_dir: PathBuf,
+    /// How the host joins Zenoh.
+    pub zenoh: ZenohSettings,
+    /// What every twin is built with.
+    pub settings: TwinSettings,
+    /// A twin whose vehicle is gone this long goes dormant.
+    pub idle_after: Duration,
+    /// How often the keys directory is rescanned.
+    pub rescan: Duration,
+    /// Shortest horizon of a recommendation [s].
+    pub min_horizon: f64,
+    /// Messages kept per twin in the durable inbox.
+    pub retention: u64,
+    /// Audit log settings.
+    pub audit: AuditConfig,
+    /// Where to serve `/metrics` and `/twins` (None: not served).
+    pub admin: Option<SocketAddr>,
+}
+
+/// What one active twin is told by the host.
+enum DrCommand {
+    Regional(Arc<RegionalTraffic>),
+    Status(oneshot::Sender<Value>),
+    Shutdown,
+}
+
+enum SlotState {
+    Dormant(Box<Twin>),
+    Active(mpsc::UnboundedSender<DrCommand>),
+}
+
+struct Slot {
+    material: KeyMaterial,
+    state: SlotState,
+    /// Not woken again before this (after an activation failed).
+    backoff_until: Option<Instant>,
+}
+
+/// What every twin task shares.
+struct Shared {
+    config: HostConfig,
+    session: zenoh::Session,
+    store: Store,
+    writer: WriterHandle,
+    metrics: Arc<HostMetrics>,
+}
+
+/// Runs a host until `shutdown` resolves. Reports the admin endpoint's address through
+/// `ready` once everything is up.
+pub async fn run(
+    config: HostConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<oneshot::Sender<Option<SocketAddr>>>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "creating the data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let metrics = HostMetrics::new();
+    let store = Store::open(&config.data_dir.join("host.redb"), config.retention)?;
+    let m = metrics.clone();
+    let writer = Writer::start(store.clone(), move |n, took, ok| {
+        let result = if ok { "ok" } else { "failed" };
+        m.commits
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+        m.commit_seconds.observe(took.as_secs_f64());
+        m.batch_messages.observe(n as f64);
+    });
+    let session = zenoh::open(config.zenoh.to_config()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
+    let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
+    let presence = session
+        .liveliness()
+        .declare_subscriber(keys::any_pe_alive())
+        .history(true)
+        .await
+        .map_err(|e| z("liveliness subscriber", e))?;
+    let handshakes = session
+        .declare_queryable(keys::any_sync())
+        .await
+        .map_err(|e| z("queryable", e))?;
+    let regional = session
+        .declare_subscriber(keys::any_region(REGION_TRAFFIC)?)
+        .await
+        .map_err(|e| z("regional subscriber", e))?;
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let admin_addr = match config.admin {
+        Some(addr) => Some(
+            admin::serve(addr, metrics.clone(), admin_tx)
+                .await
+                .map_err(|e| anyhow::anyhow!("serving the admin endpoint on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        session: session.clone(),
+        store,
+        writer: writer.handle(),
+        metrics: metrics.clone(),
+    });
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    let mut tasks: JoinSet<(String, Box<Twin>)> = JoinSet::new();
+    let mut task_vehicle: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut refused_files: HashMap<PathBuf, std::time::SystemTime> = HashMap::new();
+    rescan(&shared, &mut slots, &mut refused_files);
+    info!(twins = slots.len(), admin = ?admin_addr, "DR host running");
+    if let Some(ready) = ready {
+        let _ = ready.send(admin_addr);
+    }
+    let mut rescan_tick = tokio::time::interval(config.rescan);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut refused_files),
+            sample = presence.recv_async() => {
+                let Ok(sample) = sample else { break };
+                if sample.kind() == zenoh::sample::SampleKind::Put {
+                    if let Some(v) = keys::vehicle_of(sample.key_expr().as_str()) {
+                        activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v.as_str());
+                    }
+                }
+            }
+            query = handshakes.recv_async() => {
+                let Ok(query) = query else { break };
+                // The twin's own link answers; this only wakes a dormant twin (the
+                // vehicle retries its handshake and meets the link).
+                if let Some(v) = keys::vehicle_of(query.key_expr().as_str()) {
+                    activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v.as_str());
+                }
+            }
+            sample = regional.recv_async() => {
+                let Ok(sample) = sample else { break };
+                apply_regional(&shared, &mut slots, &sample.payload().to_bytes());
+            }
+            request = admin_rx.recv() => {
+                if let Some(request) = request {
+                    answer(&mut slots, request);
+                }
+            }
+            done = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                match done {
+                    Some(Ok((id, (vehicle, twin)))) => {
+                        task_vehicle.remove(&id);
+                        if let Some(slot) = slots.get_mut(&vehicle) {
+                            slot.state = SlotState::Dormant(twin);
+                        }
+                        metrics.active.dec();
+                    }
+                    Some(Err(e)) => {
+                        let vehicle = task_vehicle.remove(&e.id()).unwrap_or_default();
+                        metrics.active.dec();
+                        if e.is_panic() {
+                            metrics.panics.inc();
+                            error!(%vehicle, "twin task panicked; rebuilding it from its durable state");
+                        }
+                        if let Some(slot) = slots.get_mut(&vehicle) {
+                            slot.state = SlotState::Dormant(Box::new(restore(&shared, &vehicle)));
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    info!("DR host stopping");
+    for slot in slots.values() {
+        if let SlotState::Active(tx) = &slot.state {
+            let _ = tx.send(DrCommand::Shutdown);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    drop(shared);
+    writer.stop();
+    let _ = session.close().await;
+    Ok(())
+}
+
+/// A twin rebuilt from the store: the newest vehicle state and the recommendation sequence.
+fn restore(shared: &Shared, vehicle: &str) -> Twin {
+    let mut twin = Twin::new(vehicle, &shared.config.settings);
+    match shared.store.latest(vehicle) {
+        Ok(latest) => {
+            for m in latest {
+                if m.type_name == VehicleState::TYPE_NAME {
+                    if let Ok(state) = twinlink_msgs::codec::decode::<VehicleState>(&m.payload) {
+                        let _ = twin.on_state(&state);
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(%vehicle, error = %e, "reading the durable state failed; starting empty"),
+    }
+    if let Ok(Some(record)) = shared.store.link(vehicle) {
+        twin.resume_sequence(record.recommendation_seq);
+    }
+    twin
+}
+
+fn rescan(
+    shared: &Shared,
+    slots: &mut HashMap<String, Slot>,
+    refused: &mut HashMap<PathBuf, std::time::SystemTime>,
+) {
+    let dir = &shared.config.keys_dir;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot read the keys directory");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(vehicle) = name.strip_suffix(".dr.key") else {
+            continue;
+        };
+        if slots.contains_key(vehicle) {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        if modified.is_some() && refused.get(&path) == modified.as_ref() {
+            continue;
+        }
+        let loaded = VehicleId::new(vehicle)
+            .map_err(anyhow::Error::from)
+            .and_then(|id| KeyMaterial::load(&path, &id, Role::Dr).map_err(anyhow::Error::from));
+        match loaded {
+            Ok(material) => {
+                let twin = restore(shared, vehicle);
+                slots.insert(
+                    vehicle.to_string(),
+                    Slot {
+                        material,
+                        state: SlotState::Dormant(Box::new(twin)),
+                        backoff_until: None,
+                    },
+                );
+                shared.metrics.provisioned.set(slots.len() as i64);
+            }
+            Err(e) => {
+                shared.metrics.reject("bad_key_file");
+                warn!(file = %path.display(), error = %e, "key file refused");
+                if let Some(m) = modified {
+                    refused.insert(path, m);
+                }
+            }
+        }
+    }
+}
+
+fn activate(
+    shared: &Arc<Shared>,
+    slots: &mut HashMap<String, Slot>,
+    tasks: &mut JoinSet<(String, Box<Twin>)>,
+    task_vehicle: &mut HashMap<tokio::task::Id, String>,
+    vehicle: &str,
+) {
+    let Some(slot) = slots.get_mut(vehicle) else {
+        return;
+    };
+    if slot.backoff_until.is_some_and(|t| Instant::now() < t) {
+        return;
+    }
+    if !matches!(slot.state, SlotState::Dormant(_)) {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let SlotState::Dormant(twin) = std::mem::replace(&mut slot.state, SlotState::Active(tx)) else {
+        unreachable!("checked above");
+    };
+    slot.backoff_until = Some(Instant::now() + Duration::from_secs(2));
+    shared.metrics.activations.inc();
+    shared.metrics.active.inc();
+    let handle = tasks.spawn(run_twin(shared.clone(), slot.material.clone(), twin, rx));
+    task_vehicle.insert(handle.id(), vehicle.to_string());
+}
+
+fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, payload: &[u8]) {
+    let tile: RegionalTraffic = match twinlink_msgs::codec::decode(payload) {
+        Ok(t) => t,
+        Err(e) => {
+            shared
+                .metrics
+                .regional
+                .get_or_create(&vec![("result", "undecodable".to_string())])
+                .inc();
+            shared.metrics.reject("undecodable_regional");
+            warn!(error = %e, "regional tile refused");
+            return;
+        }
+    };
+    shared
+        .metrics
+        .regional
+        .get_or_create(&vec![("result", "received".to_string())])
+        .inc();
+    let tile = Arc::new(tile);
+    let now = now_us() as f64 * 1e-6;
+    for slot in slots.values_mut() {
+        match &mut slot.state {
+            SlotState::Dormant(twin) => {
+                if let Err(e) = twin.on_regional(&tile, now) {
+                    shared.metrics.reject(e.reason());
+                }
+            }
+            SlotState::Active(tx) => {
+                let _ = tx.send(DrCommand::Regional(tile.clone()));
+            }
+        }
+    }
+}
+
+fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
+    let now = now_us() as f64 * 1e-6;
+    match request {
+        AdminRequest::List(reply) => {
+            let mut list: Vec<Value> = slots
+                .iter()
+                .map(|(v, slot)| match &slot.state {
+                    SlotState::Dormant(twin) => {
+                        let s = twin.status(now);
+                        json!({"vehicle": v, "active": false, "states": s.states, "summaries": s.summaries,
+                               "recommendations": s.recommendations, "refused": s.refused})
+                    }
+                    SlotState::Active(_) => json!({"vehicle": v, "active": true}),
+                })
+                .collect();
+            list.sort_by(|a, b| a["vehicle"].as_str().cmp(&b["vehicle"].as_str()));
+            let _ = reply.send(Value::Array(list));
+        }
+        AdminRequest::Get(vehicle, reply) => match slots.get(&vehicle).map(|s| &s.state) {
+            None => {
+                let _ = reply.send(None);
+            }
+            Some(SlotState::Dormant(twin)) => {
+                let _ = reply.send(Some(document(twin, now, false, None)));
+            }
+            Some(SlotState::Active(tx)) => {
+                let (tx2, rx2) = oneshot::channel();
+                if tx.send(DrCommand::Status(tx2)).is_err() {
+                    let _ = reply.send(Some(json!({"vehicle": vehicle, "active": true, "error": "twin task busy stopping"})));
+                    return;
+                }
+                tokio::spawn(async move {
+                    let v = tokio::time::timeout(Duration::from_secs(2), rx2)
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok());
+                    let _ = reply.send(Some(v.unwrap_or_else(
+                        || json!({"vehicle": vehicle, "active": true, "error": "no answer"}),
+                    )));
+                });
+            }
+        },
+    }
+}
+
+/// A twin as a document: what the vehicle reported, what the twin estimates and advises.
+fn document(twin: &Twin, now: f64, active: bool, link: Option<Value>) -> Value {
+    let status = twin.status(now);
+    let plan = twin.last_plan().map(|p| {
+        json!({"target_speed": p.target_speed, "target_lane": p.target_lane, "lane_change": p.lane_change,
+               "confidence": p.confidence, "reason_code": p.reason_code, "reason": p.reason,
+               "horizon": p.horizon.iter().map(|h| json!([h.0, h.1, h.2])).collect::<Vec<_>>()})
+    });
+    json!({
+        "vehicle": twin.vehicle(),
+        "active": active,
+        "reported": {"newest_state_stamp": twin.ego().newest_report()},
+        "estimate": status.estimate,
+        "desired": plan,
+        "counters": {"states": status.states, "summaries": status.summaries,
+                      "recommendations": status.recommendations, "regional_tiles": status.regional_tiles,
+                      "refused": status.refused},
+        "tracks": status.confirmed_tracks,
+        "hazards": twin.world().hazards().iter().map(|h| json!({"id": h.id, "kind": h.kind, "s": h.s, "lane": h.lane})).collect::<Vec<_>>(),
+        "link": link,
+    })
+}
+
+/// One active twin: its link, its audit log, its loop. Returns the twin when it goes
+/// dormant.
+async fn run_twin(
+    shared: Arc<Shared>,
+    material: KeyMaterial,
+    mut twin: Box<Twin>,
+    mut commands: mpsc::UnboundedReceiver<DrCommand>,
+) -> (String, Box<Twin>) {
+    let vehicle = material.vehicle.to_string();
+    match twin_loop(&shared, material, &mut twin, &mut commands).await {
+        Ok(()) => {}
+        Err(e) => {
+            shared.metrics.reject("activation_failed");
+            error!(%vehicle, error = %e, "twin stopped");
+        }
+    }
+    (vehicle, twin)
+}
+
+async fn twin_loop(
+    shared: &Shared,
+    material: KeyMaterial,
+    twin: &mut Twin,
+    commands: &mut mpsc::UnboundedReceiver<DrCommand>,
+) -> anyhow::Result<()> {
+    let c = &shared.config;
+    let vehicle_id = material.vehicle.clone();
+    let vehicle: Arc<str> = Arc::from(vehicle_id.as_str());
+    let resume = match shared.store.link(&vehicle)? {
+        Some(r) if r.incarnation != 0 => ResumeState {
+            incarnation: r.incarnation,
+            rx_next: r.rx_next,
+        },
+        _ => {
+            let fresh = ResumeState::fresh();
+            shared.store.set_incarnation(&vehicle, fresh.incarnation)?;
+            fresh
+        }
+    };
+    let mut audit = AuditLog::open(&twin_dir(&c.data_dir, &vehicle), &vehicle_id, c.audit)?;
+    let mut config = LinkConfig::new(material, c.zenoh.clone());
+    config.durable_acks = true;
+    config.resume = Some(resume);
+    let mut link = Link::open_on(shared.session.clone(), config).await?;
+    audit.append(
+        Kind::Lifecycle,
+        json!({"event": "activated", "rx_next": resume.rx_next}),
+        b"",
+    )?;
+    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<u64>();
+    let mut peer_alive = false;
+    let mut gone_since = Instant::now();
+    let mut last_advice = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = link.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    LinkEvent::Message(d) => {
+                        let received = Instant::now();
+                        let m = &d.message;
+                        audit.append(
+                            Kind::ExchangeIn,
+                            json!({"stream": m.stream, "type": m.type_name, "seq": d.seq, "bytes": m.payload.len()}),
+                            &m.payload,
+                        )?;
+                        shared.writer.submit(WriteOp {
+                            vehicle: vehicle.clone(),
+                            incarnation: resume.incarnation,
+                            recommendation_seq: twin.sequence(),
+                            message: StoredMessage::of(d.seq, m),
+                            notify: durable_tx.clone(),
+                        });
+                        if apply(shared, twin, m) {
+                            let now = now_us();
+                            if let Some(r) = twin.recommend(now as f64 * 1e-6, c.min_horizon) {
+                                let out = to_link(STREAM_RECOMMENDATION, Priority::OwnState, &r, now);
+                                audit.append(
+                                    Kind::ExchangeOut,
+                                    json!({"stream": STREAM_RECOMMENDATION, "type": out.type_name, "sequence": r.sequence, "bytes": out.payload.len()}),
+                                    &out.payload,
+                                )?;
+                                link.send(out)?;
+                                shared.metrics.recommendations.inc();
+                                shared.metrics.latency.observe(received.elapsed().as_secs_f64());
+                                last_advice = Instant::now();
+                            }
+                        }
+                    }
+                    LinkEvent::PeerUp { .. } => {
+                        peer_alive = true;
+                        audit.append(Kind::Lifecycle, json!({"event": "vehicle_connected"}), b"")?;
+                    }
+                    LinkEvent::PeerDown { reason } => {
+                        peer_alive = false;
+                        gone_since = Instant::now();
+                        audit.append(Kind::Lifecycle, json!({"event": "vehicle_gone", "reason": reason}), b"")?;
+                    }
+                }
+            }
+            seq = durable_rx.recv() => {
+                if let Some(seq) = seq {
+                    // The history reaches the operating system before the acknowledgement.
+                    audit.sync()?;
+                    link.confirm_durable(seq)?;
+                }
+            }
+            command = commands.recv() => {
+                match command {
+                    Some(DrCommand::Regional(tile)) => {
+                        if let Err(e) = twin.on_regional(&tile, now_us() as f64 * 1e-6) {
+                            shared.metrics.reject(e.reason());
+                        }
+                    }
+                    Some(DrCommand::Status(reply)) => {
+                        let stats = link.stats().await.ok().map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
+                        let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));
+                    }
+                    Some(DrCommand::Shutdown) | None => break,
+                }
+            }
+            _ = tick.tick() => {
+                if !peer_alive && gone_since.elapsed() >= c.idle_after {
+                    break;
+                }
+                // A vehicle that sends only its state still gets advice once a second.
+                if peer_alive && last_advice.elapsed() >= Duration::from_secs(1) {
+                    let now = now_us();
+                    if let Some(r) = twin.recommend(now as f64 * 1e-6, c.min_horizon) {
+                        let out = to_link(STREAM_RECOMMENDATION, Priority::OwnState, &r, now);
+                        audit.append(Kind::ExchangeOut, json!({"stream": STREAM_RECOMMENDATION, "type": out.type_name, "sequence": r.sequence, "bytes": out.payload.len()}), &out.payload)?;
+                        link.send(out)?;
+                        shared.metrics.recommendations.inc();
+                    }
+                    last_advice = Instant::now();
+                }
+            }
+        }
+    }
+    audit.append(Kind::Lifecycle, json!({"event": "deactivated"}), b"")?;
+    audit.close()?;
+    link.close().await;
+    Ok(())
+}
+
+/// Applies one message to the twin; true when it calls for a recommendation (a summary).
+fn apply(shared: &Shared, twin: &mut Twin, m: &twinlink_link::Message) -> bool {
+    let t = m.type_name.as_str();
+    let result = if t == VehicleState::TYPE_NAME {
+        from_link::<VehicleState>(m)
+            .map_err(|e| ("undecodable", e.to_string()))
+            .and_then(|s| twin.on_state(&s).map_err(|e| (e.reason(), e.to_string())))
+            .map(|_| false)
+    } else if t == PerceptionSummary::TYPE_NAME {
+        from_link::<PerceptionSummary>(m)
+            .map_err(|e| ("undecodable", e.to_string()))
+            .and_then(|s| twin.on_summary(&s).map_err(|e| (e.reason(), e.to_string())))
+            .map(|_| true)
+    } else if t == SharingPolicy::TYPE_NAME {
+        // Kept durably as the stream's newest message; enforced by the relay.
+        from_link::<SharingPolicy>(m)
+            .map(|_| false)
+            .map_err(|e| ("undecodable", e.to_string()))
+    } else {
+        Err((
+            "unknown_type",
+            format!("no handler for {t} on stream {:?}", m.stream),
+        ))
+    };
+    match result {
+        Ok(recommend) => {
+            shared.metrics.applied(t);
+            recommend
+        }
+        Err((reason, text)) => {
+            shared.metrics.reject(reason);
+            warn!(vehicle = twin.vehicle(), reason, "{text}");
+            false
+        }
+    }
+}
+
+/// The folder of one twin's files (its audit log).
+pub fn twin_dir(data_dir: &Path, vehicle: &str) -> PathBuf {
+    data_dir.join(vehicle)
+}

@@ -1,0 +1,182 @@
+//! The host's Prometheus metrics (OpenMetrics text, served at `/metrics`).
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `twinlink_dr_provisioned` | gauge | | twins hosted (key files found) |
+//! | `twinlink_dr_active` | gauge | | twins whose vehicle is connected (link open) |
+//! | `twinlink_dr_messages_total` | counter | `type` | messages applied, by ROS type |
+//! | `twinlink_dr_recommendations_total` | counter | | recommendations sent |
+//! | `twinlink_dr_rejected_total` | counter | `reason` | inputs refused, by reason |
+//! | `twinlink_dr_latency_seconds` | histogram | | summary received → recommendation handed to the link |
+//! | `twinlink_dr_panics_total` | counter | | twins whose task panicked (each restarted alone) |
+//! | `twinlink_dr_activations_total` | counter | | twins woken by their vehicle |
+//! | `twinlink_dr_store_commits_total` | counter | `result` | durable-store transactions |
+//! | `twinlink_dr_store_commit_seconds` | histogram | | duration of a commit (fsync included) |
+//! | `twinlink_dr_store_batch_messages` | histogram | | messages per commit |
+//! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles received |
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a metric family: one (name, value) pair.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of a host.
+pub struct HostMetrics {
+    registry: Registry,
+    /// Twins hosted.
+    pub provisioned: Gauge,
+    /// Twins with an open link.
+    pub active: Gauge,
+    /// Messages applied, by type.
+    pub messages: Family<Labels, Counter>,
+    /// Recommendations sent.
+    pub recommendations: Counter,
+    /// Inputs refused, by reason.
+    pub rejected: Family<Labels, Counter>,
+    /// Summary in → recommendation out [s].
+    pub latency: Histogram,
+    /// Twin tasks that panicked.
+    pub panics: Counter,
+    /// Twins woken.
+    pub activations: Counter,
+    /// Store commits by result.
+    pub commits: Family<Labels, Counter>,
+    /// Commit duration [s].
+    pub commit_seconds: Histogram,
+    /// Messages per commit.
+    pub batch_messages: Histogram,
+    /// Regional tiles by result.
+    pub regional: Family<Labels, Counter>,
+}
+
+impl HostMetrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<HostMetrics> {
+        let mut registry = Registry::with_prefix("twinlink_dr");
+        let m = HostMetrics {
+            provisioned: Gauge::default(),
+            active: Gauge::default(),
+            messages: Family::default(),
+            recommendations: Counter::default(),
+            rejected: Family::default(),
+            // 50 µs to ~3.3 s.
+            latency: Histogram::new(exponential_buckets(50e-6, 2.0, 17)),
+            panics: Counter::default(),
+            activations: Counter::default(),
+            commits: Family::default(),
+            commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 14)),
+            batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            regional: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "provisioned",
+            "Twins hosted (key files found)",
+            m.provisioned.clone(),
+        );
+        registry.register(
+            "active",
+            "Twins whose vehicle is connected",
+            m.active.clone(),
+        );
+        registry.register(
+            "messages",
+            "Messages applied, by ROS type",
+            m.messages.clone(),
+        );
+        registry.register(
+            "recommendations",
+            "Recommendations sent",
+            m.recommendations.clone(),
+        );
+        registry.register("rejected", "Inputs refused, by reason", m.rejected.clone());
+        registry.register(
+            "latency_seconds",
+            "Summary received to recommendation handed to the link",
+            m.latency.clone(),
+        );
+        registry.register(
+            "panics",
+            "Twin tasks that panicked (restarted alone)",
+            m.panics.clone(),
+        );
+        registry.register(
+            "activations",
+            "Twins woken by their vehicle",
+            m.activations.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Durable-store transactions, by result",
+            m.commits.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Duration of a durable-store commit (fsync included)",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_batch_messages",
+            "Messages per durable-store commit",
+            m.batch_messages.clone(),
+        );
+        registry.register(
+            "regional_tiles",
+            "Regional tiles received, by result",
+            m.regional.clone(),
+        );
+        Arc::new(HostMetrics { registry, ..m })
+    }
+
+    /// Counts a refused input.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Counts an applied message of ROS type `type_name`.
+    pub fn applied(&self, type_name: &str) {
+        self.messages
+            .get_or_create(&vec![("type", type_name.to_string())])
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String does not fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let m = HostMetrics::new();
+        m.provisioned.set(3);
+        m.reject("below_k");
+        m.reject("below_k");
+        m.applied("twin_msgs/msg/VehicleState");
+        m.latency.observe(0.002);
+        let text = m.render();
+        assert!(text.contains("twinlink_dr_provisioned 3"), "{text}");
+        assert!(
+            text.contains("twinlink_dr_rejected_total{reason=\"below_k\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("twinlink_dr_messages_total{type=\"twin_msgs/msg/VehicleState\"} 1"));
+        assert!(text.contains("twinlink_dr_latency_seconds_count 1"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

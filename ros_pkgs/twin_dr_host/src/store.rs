@@ -1,0 +1,455 @@
+//! Durable state of a DR host, in one embedded `redb` database.
+//!
+//! What a twin must not lose when its host dies (`kill -9` included):
+//!
+//! - **every message it acknowledged**: the link acknowledges only what this store has
+//!   committed (the link's durable acknowledgements), so a message the vehicle saw
+//!   acknowledged is on disk, and anything else is still in the vehicle's outbox;
+//! - **where the link stands**: its incarnation and the first sequence number not yet
+//!   durable, so that a restarted twin resumes the same link instead of asking for a
+//!   snapshot;
+//! - **the newest message of every stream** (the vehicle's state, its sharing policy...),
+//!   from which the twin is rebuilt at start;
+//! - the sequence number of its recommendations.
+//!
+//! Writes go through one writer thread ([`Writer`]) that commits in groups: every message
+//! queued while the previous commit was on disk goes into the next transaction, committed
+//! with `Durability::Immediate` (fsync), after which each twin is told how far it is
+//! durable. A commit serves the whole host, so thousands of twins share each fsync.
+//!
+//! Tables (keys are the vehicle id, with the stream or the sequence number):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `link` | vehicle | [`LinkRecord`] (postcard) |
+//! | `latest` | (vehicle, stream) | [`StoredMessage`] (postcard) |
+//! | `inbox` | (vehicle, seq) | [`StoredMessage`] (postcard), the newest `retention` per twin |
+
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use twinlink_link::Message;
+
+const LINK: TableDefinition<&str, &[u8]> = TableDefinition::new("link");
+const LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("latest");
+const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("durable store: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value did not decode (the file was damaged or written by another version).
+    #[error("durable store: a {what} record of {vehicle:?} does not decode: {source}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// Whose.
+        vehicle: String,
+        /// The decoder's error.
+        source: postcard::Error,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Where a twin's link stands, durably.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The DR end's incarnation id.
+    pub incarnation: u64,
+    /// First received sequence number not durable.
+    pub rx_next: u64,
+    /// Sequence number of the newest recommendation made for a durable message.
+    pub recommendation_seq: u64,
+}
+
+/// A received message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Link sequence number.
+    pub seq: u64,
+    /// Stream.
+    pub stream: String,
+    /// ROS type name.
+    pub type_name: String,
+    /// When the vehicle created it [µs since the Unix epoch].
+    pub created_us: u64,
+    /// CDR payload.
+    pub payload: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// The stored form of link message `m` received as `seq`.
+    pub fn of(seq: u64, m: &Message) -> Self {
+        StoredMessage {
+            seq,
+            stream: m.stream.clone(),
+            type_name: m.type_name.clone(),
+            created_us: m.created_us,
+            payload: m.payload.clone(),
+        }
+    }
+}
+
+/// The host's database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    retention: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, keeping the newest `retention` messages
+    /// of each twin in the inbox.
+    pub fn open(path: &Path, retention: u64) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(LINK).map_err(db_err)?;
+        txn.open_table(LATEST).map_err(db_err)?;
+        txn.open_table(INBOX).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Store {
+            db: Arc::new(db),
+            retention: retention.max(1),
+        })
+    }
+
+    /// The link record of `vehicle`, if it ever received anything durable.
+    pub fn link(&self, vehicle: &str) -> Result<Option<LinkRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LINK).map_err(db_err)?;
+        let Some(v) = table.get(vehicle).map_err(db_err)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: "link",
+                vehicle: vehicle.into(),
+                source,
+            })
+    }
+
+    /// The newest stored message of every stream of `vehicle`, oldest first.
+    pub fn latest(&self, vehicle: &str) -> Result<Vec<StoredMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LATEST).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((vehicle, "")..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            if k.value().0 != vehicle {
+                break;
+            }
+            out.push(decode_message(vehicle, v.value())?);
+        }
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
+    /// Stored messages of `vehicle` with sequence numbers from `from` on, in order.
+    pub fn messages(&self, vehicle: &str, from: u64) -> Result<Vec<StoredMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(INBOX).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((vehicle, from)..=(vehicle, u64::MAX))
+            .map_err(db_err)?
+        {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(decode_message(vehicle, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Commits `ops` in one transaction; returns, per twin, the newest durable sequence
+    /// number.
+    pub fn commit(&self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut durable: Vec<(Arc<str>, u64)> = Vec::new();
+        {
+            let mut link = txn.open_table(LINK).map_err(db_err)?;
+            let mut latest = txn.open_table(LATEST).map_err(db_err)?;
+            let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
+            for op in ops {
+                let bytes = postcard::to_stdvec(&op.message).expect("stored messages serialize");
+                let v: &str = &op.vehicle;
+                inbox
+                    .insert((v, op.message.seq), bytes.as_slice())
+                    .map_err(db_err)?;
+                if op.message.seq >= self.retention {
+                    inbox
+                        .remove((v, op.message.seq - self.retention))
+                        .map_err(db_err)?;
+                }
+                latest
+                    .insert((v, op.message.stream.as_str()), bytes.as_slice())
+                    .map_err(db_err)?;
+                let record = LinkRecord {
+                    incarnation: op.incarnation,
+                    rx_next: op.message.seq + 1,
+                    recommendation_seq: op.recommendation_seq,
+                };
+                link.insert(
+                    v,
+                    postcard::to_stdvec(&record)
+                        .expect("records serialize")
+                        .as_slice(),
+                )
+                .map_err(db_err)?;
+                match durable.iter_mut().find(|(d, _)| **d == *v) {
+                    Some(entry) => entry.1 = entry.1.max(op.message.seq),
+                    None => durable.push((op.vehicle.clone(), op.message.seq)),
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(durable)
+    }
+
+    /// Records a new incarnation of `vehicle`'s link end before it receives anything.
+    pub fn set_incarnation(&self, vehicle: &str, incarnation: u64) -> Result<(), StoreError> {
+        let mut record = self.link(vehicle)?.unwrap_or_default();
+        record.incarnation = incarnation;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut link = txn.open_table(LINK).map_err(db_err)?;
+            link.insert(
+                vehicle,
+                postcard::to_stdvec(&record)
+                    .expect("records serialize")
+                    .as_slice(),
+            )
+            .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+}
+
+fn decode_message(vehicle: &str, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
+        what: "message",
+        vehicle: vehicle.into(),
+        source,
+    })
+}
+
+/// One received message to make durable.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    /// The twin.
+    pub vehicle: Arc<str>,
+    /// Its link incarnation.
+    pub incarnation: u64,
+    /// Its newest recommendation's sequence number.
+    pub recommendation_seq: u64,
+    /// The message.
+    pub message: StoredMessage,
+    /// Where to report the newest durable sequence number of this twin.
+    pub notify: mpsc::UnboundedSender<u64>,
+}
+
+/// Counters of the writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Messages committed.
+    pub messages: u64,
+    /// Failed commits (their messages stay unacknowledged; the vehicles resend them).
+    pub failures: u64,
+}
+
+/// The group-commit writer thread.
+pub struct Writer {
+    tx: Option<std_mpsc::Sender<WriteOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Largest number of messages in one transaction.
+pub const MAX_BATCH: usize = 8192;
+
+impl Writer {
+    /// Starts the writer on `store`; `observe` is called after each commit with the batch
+    /// size and the commit's duration.
+    pub fn start(store: Store, observe: impl Fn(usize, Duration, bool) + Send + 'static) -> Writer {
+        let (tx, rx) = std_mpsc::channel::<WriteOp>();
+        let thread = std::thread::Builder::new()
+            .name("dr-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let started = Instant::now();
+                    match store.commit(&batch) {
+                        Ok(durable) => {
+                            observe(batch.len(), started.elapsed(), true);
+                            for (vehicle, seq) in durable {
+                                if let Some(op) = batch.iter().rev().find(|op| op.vehicle == vehicle) {
+                                    let _ = op.notify.send(seq);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            observe(batch.len(), started.elapsed(), false);
+                            tracing::error!(error = %e, messages = batch.len(), "commit failed; the messages stay unacknowledged");
+                        }
+                    }
+                }
+            })
+            .expect("spawning the store writer");
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues `op`; false when the writer has stopped.
+    pub fn submit(&self, op: WriteOp) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(op).is_ok())
+    }
+
+    /// A handle to queue from other tasks.
+    pub fn handle(&self) -> WriterHandle {
+        WriterHandle(self.tx.clone())
+    }
+
+    /// Commits what is queued and stops.
+    pub fn stop(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A cloneable way to queue writes.
+#[derive(Clone)]
+pub struct WriterHandle(Option<std_mpsc::Sender<WriteOp>>);
+
+impl WriterHandle {
+    /// Queues `op`; false when the writer has stopped.
+    pub fn submit(&self, op: WriteOp) -> bool {
+        self.0.as_ref().is_some_and(|tx| tx.send(op).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, stream: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            stream: stream.into(),
+            type_name: "twin_msgs/msg/VehicleState".into(),
+            created_us: 1000 + seq,
+            payload: vec![seq as u8; 8],
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_keep_the_newest_per_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.redb");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let store = Store::open(&path, 3).unwrap();
+            let v: Arc<str> = Arc::from("veh-1");
+            let ops: Vec<WriteOp> = (0..5)
+                .map(|seq| WriteOp {
+                    vehicle: v.clone(),
+                    incarnation: 42,
+                    recommendation_seq: seq * 2,
+                    message: msg(seq, if seq % 2 == 0 { "state" } else { "objects" }),
+                    notify: tx.clone(),
+                })
+                .collect();
+            let durable = store.commit(&ops).unwrap();
+            assert_eq!(durable, vec![(v, 4)]);
+        }
+        let store = Store::open(&path, 3).unwrap();
+        assert_eq!(
+            store.link("veh-1").unwrap(),
+            Some(LinkRecord {
+                incarnation: 42,
+                rx_next: 5,
+                recommendation_seq: 8
+            })
+        );
+        assert_eq!(store.link("veh-2").unwrap(), None);
+        let latest = store.latest("veh-1").unwrap();
+        assert_eq!(latest.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4]);
+        // Retention: the newest 3 messages.
+        let kept: Vec<u64> = store
+            .messages("veh-1", 0)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        assert!(rx.try_recv().is_err(), "commit() alone notifies nobody");
+    }
+
+    #[test]
+    fn the_writer_groups_commits_and_reports_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("host.redb"), 100).unwrap();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = commits.clone();
+        let writer = Writer::start(store.clone(), move |_, _, ok| {
+            assert!(ok);
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+        for seq in 0..200u64 {
+            for (v, tx) in [("a", &tx_a), ("b", &tx_b)] {
+                assert!(writer.submit(WriteOp {
+                    vehicle: Arc::from(v),
+                    incarnation: 1,
+                    recommendation_seq: 0,
+                    message: msg(seq, "state"),
+                    notify: tx.clone(),
+                }));
+            }
+        }
+        writer.stop();
+        let last = |rx: &mut mpsc::UnboundedReceiver<u64>| {
+            let mut last = None;
+            while let Ok(s) = rx.try_recv() {
+                assert!(last.is_none_or(|l| s > l), "notifications ascend");
+                last = Some(s);
+            }
+            last
+        };
+        assert_eq!(last(&mut rx_a), Some(199));
+        assert_eq!(last(&mut rx_b), Some(199));
+        let n = commits.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=400).contains(&n));
+        assert_eq!(store.link("b").unwrap().unwrap().rx_next, 200);
+    }
+}

@@ -1,0 +1,549 @@
+//! One digital representative: the twin of one vehicle, without I/O.
+//!
+//! A [`Twin`] takes what arrives for its vehicle (its own state, its sensors' summaries,
+//! regional traffic, incidents) and answers with recommendations:
+//!
+//! 1. `VehicleState` → the own-vehicle estimator ([`crate::ego`]).
+//! 2. `PerceptionSummary` → each detection is placed in the map with the vehicle's pose at
+//!    the summary's stamp and the sensor's noise model, then fused by the multi-object
+//!    tracker ([`crate::tracker`]).
+//! 3. Regional traffic and incidents → the world model ([`crate::world`]).
+//! 4. [`Twin::recommend`] → tracks and the own estimate go into the world model, the
+//!    planner ([`crate::planner`]) plans, the safety filter bounds the plan, and the
+//!    result becomes a `Recommendation`.
+//!
+//! While the vehicle is offline nothing changes in this flow: the estimator predicts, the
+//! world keeps taking regional data, and recommendations (with a growing state age, lower
+//! confidence and conservative speed) are still made, ready for when the link returns.
+//! Every refused input is an error that names its reason; the caller counts it.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use twinlink_msgs::twin_msgs::msg::{
+    Incident, PerceptionSummary, Recommendation, RegionalTraffic, VehicleState,
+};
+
+use crate::ego::{stamp_seconds, EgoEstimate, EgoEstimator, StateError};
+use crate::planner::{Plan, PlanContext, Planner};
+use crate::road::Road;
+use crate::tracker::{measurement, noise_of, Tracker, TrackerConfig};
+use crate::world::{RegionalUpdate, Source, WorldError, WorldModel};
+
+/// Longest a summary may lag the tracker's time and still be fused [s].
+pub const MAX_SUMMARY_LAG: f64 = 0.5;
+/// Most objects one summary may carry.
+pub const MAX_OBJECTS: usize = 512;
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TwinError {
+    /// A state that names another vehicle.
+    #[error("VehicleState for {found:?} reached the twin of {expected:?}")]
+    WrongVehicle {
+        /// The vehicle the message names.
+        found: String,
+        /// This twin's vehicle.
+        expected: String,
+    },
+    /// A bad vehicle state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A summary that cannot be fused.
+    #[error("PerceptionSummary from {sensor:?}: {problem}")]
+    Summary {
+        /// The sensor.
+        sensor: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Regional data or an incident refused.
+    #[error(transparent)]
+    World(#[from] WorldError),
+}
+
+impl TwinError {
+    /// A short, stable label for counting (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TwinError::WrongVehicle { .. } => "wrong_vehicle",
+            TwinError::State(StateError::Stale(_)) => "stale_state",
+            TwinError::State(StateError::Invalid(..)) => "invalid_state",
+            TwinError::Summary { problem, .. } if problem.starts_with("no vehicle state") => {
+                "no_state_yet"
+            }
+            TwinError::Summary { problem, .. } if problem.starts_with("stamped") => "stale_summary",
+            TwinError::Summary { .. } => "invalid_summary",
+            TwinError::World(WorldError::BelowK { .. }) => "below_k",
+            TwinError::World(WorldError::Invalid { .. }) => "invalid_regional",
+        }
+    }
+}
+
+/// What a summary did to the tracker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FusionStats {
+    /// Detections fused into existing tracks.
+    pub assigned: usize,
+    /// Tracks born.
+    pub born: usize,
+    /// Detections skipped for non-finite values (counted, not fused).
+    pub skipped: usize,
+}
+
+/// The twin's settings, shared by the twins of one host.
+#[derive(Debug, Clone)]
+pub struct TwinSettings {
+    /// The route (every twin of the host drives it; a fleet host holds one per region).
+    pub road: Arc<Road>,
+    /// Tracker settings.
+    pub tracker: TrackerConfig,
+    /// The planner.
+    pub planner: Planner,
+}
+
+/// A twin's counters and state summary, for status and inspection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TwinStatusReport {
+    /// Vehicle id.
+    pub vehicle: String,
+    /// States applied.
+    pub states: u64,
+    /// Summaries fused.
+    pub summaries: u64,
+    /// Recommendations made.
+    pub recommendations: u64,
+    /// Regional tiles applied.
+    pub regional_tiles: u64,
+    /// Inputs refused.
+    pub refused: u64,
+    /// Confirmed tracks now.
+    pub confirmed_tracks: usize,
+    /// Hazards known.
+    pub hazards: usize,
+    /// The own estimate at the time of the report, if any state was seen.
+    pub estimate: Option<EstimateReport>,
+    /// The newest recommendation's speed, lane and reason.
+    pub last_recommendation: Option<(f64, i32, String)>,
+}
+
+/// The own estimate, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EstimateReport {
+    /// Position [m].
+    pub x: f64,
+    /// Position [m].
+    pub y: f64,
+    /// Speed [m/s].
+    pub speed: f64,
+    /// Position uncertainty (1 sigma) [m].
+    pub position_sigma: f64,
+    /// Age of the newest state [s].
+    pub age: f64,
+}
+
+impl From<EgoEstimate> for EstimateReport {
+    fn from(e: EgoEstimate) -> Self {
+        EstimateReport {
+            x: e.x,
+            y: e.y,
+            speed: e.speed,
+            position_sigma: e.position_sigma,
+            age: e.age,
+        }
+    }
+}
+
+/// One vehicle's digital representative.
+#[derive(Debug, Clone)]
+pub struct Twin {
+    vehicle: String,
+    ego: EgoEstimator,
+    tracker: Tracker,
+    world: WorldModel,
+    planner: Planner,
+    /// Time of the newest summary fused [s].
+    fused_until: f64,
+    sequence: u64,
+    states: u64,
+    summaries: u64,
+    regional_tiles: u64,
+    refused: u64,
+    last_plan: Option<Plan>,
+}
+
+impl Twin {
+    /// A new twin for `vehicle`.
+    pub fn new(vehicle: &str, settings: &TwinSettings) -> Self {
+        Twin {
+            vehicle: vehicle.to_string(),
+            ego: EgoEstimator::new(),
+            tracker: Tracker::new(settings.tracker.clone()),
+            world: WorldModel::new(settings.road.clone()),
+            planner: settings.planner.clone(),
+            fused_until: f64::NEG_INFINITY,
+            sequence: 0,
+            states: 0,
+            summaries: 0,
+            regional_tiles: 0,
+            refused: 0,
+            last_plan: None,
+        }
+    }
+
+    /// The vehicle.
+    pub fn vehicle(&self) -> &str {
+        &self.vehicle
+    }
+
+    /// The tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The world model.
+    pub fn world(&self) -> &WorldModel {
+        &self.world
+    }
+
+    /// The own-vehicle estimator.
+    pub fn ego(&self) -> &EgoEstimator {
+        &self.ego
+    }
+
+    /// Sequence number of the newest recommendation.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Continues numbering after `sequence` (after a restart from durable state).
+    pub fn resume_sequence(&mut self, sequence: u64) {
+        self.sequence = self.sequence.max(sequence);
+    }
+
+    fn count<T>(&mut self, r: Result<T, TwinError>) -> Result<T, TwinError> {
+        if r.is_err() {
+            self.refused += 1;
+        }
+        r
+    }
+
+    /// Applies the vehicle's reported state.
+    pub fn on_state(&mut self, state: &VehicleState) -> Result<(), TwinError> {
+        let r = if !state.vehicle_id.is_empty() && state.vehicle_id != self.vehicle {
+            Err(TwinError::WrongVehicle {
+                found: state.vehicle_id.clone(),
+                expected: self.vehicle.clone(),
+            })
+        } else {
+            self.ego.apply(state).map_err(TwinError::from)
+        };
+        if r.is_ok() {
+            self.states += 1;
+        }
+        self.count(r)
+    }
+
+    /// Fuses one sensor's summary.
+    pub fn on_summary(&mut self, summary: &PerceptionSummary) -> Result<FusionStats, TwinError> {
+        let r = self.fuse(summary);
+        if r.is_ok() {
+            self.summaries += 1;
+        }
+        self.count(r)
+    }
+
+    fn fuse(&mut self, summary: &PerceptionSummary) -> Result<FusionStats, TwinError> {
+        let bad = |problem: String| TwinError::Summary {
+            sensor: summary.sensor_id.clone(),
+            problem,
+        };
+        if summary.objects.len() > MAX_OBJECTS {
+            return Err(bad(format!(
+                "{} objects, more than {MAX_OBJECTS}",
+                summary.objects.len()
+            )));
+        }
+        if !summary.header.frame_id.is_empty() && summary.header.frame_id != "base_link" {
+            return Err(bad(format!(
+                "frame {:?}: summaries are in base_link",
+                summary.header.frame_id
+            )));
+        }
+        let t = stamp_seconds(&summary.header.stamp);
+        if t < self.fused_until - MAX_SUMMARY_LAG {
+            return Err(bad(format!(
+                "stamped {:.3} s before the newest summary fused",
+                self.fused_until - t
+            )));
+        }
+        let Some(pose) = self.ego.pose_at(t) else {
+            return Err(bad("no vehicle state yet to place it in the map".into()));
+        };
+        let noise = noise_of(self.tracker.config(), summary);
+        let mut skipped = 0;
+        let measurements: Vec<_> = summary
+            .objects
+            .iter()
+            .filter_map(|o| {
+                let m = measurement(o, pose, &noise);
+                if m.is_none() {
+                    skipped += 1;
+                }
+                m
+            })
+            .collect();
+        // A summary slightly older than the tracker's time is fused at the tracker's time.
+        let at = t.max(self.fused_until);
+        let stats = self.tracker.update(at, &measurements);
+        self.fused_until = at;
+        Ok(FusionStats {
+            assigned: stats.assigned,
+            born: stats.born,
+            skipped,
+        })
+    }
+
+    /// Applies a regional traffic tile.
+    pub fn on_regional(
+        &mut self,
+        tile: &RegionalTraffic,
+        now: f64,
+    ) -> Result<RegionalUpdate, TwinError> {
+        let r = self
+            .world
+            .apply_regional(tile, now)
+            .map_err(TwinError::from);
+        if r.is_ok() {
+            self.regional_tiles += 1;
+        }
+        self.count(r)
+    }
+
+    /// Adds an incident from `source`.
+    pub fn on_incident(
+        &mut self,
+        incident: &Incident,
+        now: f64,
+        source: Source,
+    ) -> Result<(), TwinError> {
+        let r = self
+            .world
+            .add_incident(incident, now, source)
+            .map_err(TwinError::from);
+        self.count(r)
+    }
+
+    /// Brings the world model to time `now` [s]: the own estimate, the confirmed tracks
+    /// predicted to `now`, expired regional data dropped.
+    fn refresh_world(&mut self, now: f64) -> Option<EgoEstimate> {
+        self.world.expire(now);
+        let e = self.ego.estimate(now)?;
+        let (length, width) = self.ego.dimensions();
+        self.world.set_ego(e.x, e.y, e.yaw, e.speed, length, width);
+        let dt = now - self.fused_until;
+        self.world.set_objects(self.tracker.confirmed().map(|tr| {
+            let (p, _) = tr.filter.position();
+            let v = tr.filter.velocity();
+            // Tracks move on to `now` at their velocity (the tracker is not advanced:
+            // it stays at the newest summary's time).
+            let dt = dt.clamp(0.0, 2.0);
+            (
+                tr.id,
+                p.x + v.x * dt,
+                p.y + v.y * dt,
+                v.x,
+                v.y,
+                tr.dimensions[0],
+                tr.dimensions[1],
+            )
+        }));
+        Some(e)
+    }
+
+    /// Plans for time `now` [s since the Unix epoch] and returns the recommendation, with a
+    /// horizon of at least `horizon` seconds. `None` before the first vehicle state.
+    pub fn recommend(&mut self, now: f64, horizon: f64) -> Option<Recommendation> {
+        let e = self.refresh_world(now)?;
+        let plan = self.planner.plan(
+            &self.world,
+            &PlanContext {
+                state_age: e.age,
+                horizon,
+            },
+        );
+        self.sequence += 1;
+        let r = plan.to_recommendation(&self.vehicle, self.sequence, (now * 1e6) as u64);
+        self.last_plan = Some(plan);
+        Some(r)
+    }
+
+    /// The newest plan.
+    pub fn last_plan(&self) -> Option<&Plan> {
+        self.last_plan.as_ref()
+    }
+
+    /// A report of counters and state at time `now`.
+    pub fn status(&self, now: f64) -> TwinStatusReport {
+        TwinStatusReport {
+            vehicle: self.vehicle.clone(),
+            states: self.states,
+            summaries: self.summaries,
+            recommendations: self.sequence,
+            regional_tiles: self.regional_tiles,
+            refused: self.refused,
+            confirmed_tracks: self.tracker.confirmed().count(),
+            hazards: self.world.hazards().len(),
+            estimate: self.ego.estimate(now).map(EstimateReport::from),
+            last_recommendation: self
+                .last_plan
+                .as_ref()
+                .map(|p| (p.target_speed, p.target_lane, p.reason.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+// Messages are built field by field from defaults, as ROS users write them.
+#[allow(clippy::field_reassign_with_default)]
+mod tests {
+    use super::*;
+    use crate::planner::ros_time;
+    use twinlink_msgs::twin_msgs::msg::DetectedObject;
+
+    const LIMIT: f64 = 30.0;
+
+    fn settings() -> TwinSettings {
+        TwinSettings {
+            road: Arc::new(Road::straight(20_000.0, 3, LIMIT).unwrap()),
+            tracker: TrackerConfig::default(),
+            planner: Planner::default(),
+        }
+    }
+
+    fn state(t: f64, x: f64, v: f64) -> VehicleState {
+        let mut s = VehicleState::default();
+        s.header.stamp = ros_time((t * 1e6) as u64);
+        s.header.frame_id = "map".into();
+        s.vehicle_id = "veh-1".into();
+        s.pose.position.x = x;
+        s.pose.position.y = 0.0;
+        s.pose.orientation.w = 1.0;
+        s.twist.linear.x = v;
+        s.length = 4.5;
+        s.width = 1.9;
+        s
+    }
+
+    fn summary(t: f64, objects: &[(f64, f64, f64)]) -> PerceptionSummary {
+        let mut s = PerceptionSummary::default();
+        s.header.stamp = ros_time((t * 1e6) as u64);
+        s.header.frame_id = "base_link".into();
+        s.sensor_id = "lidar_top".into();
+        s.sensor_kind = PerceptionSummary::SENSOR_LIDAR;
+        s.objects = objects
+            .iter()
+            .map(|&(x, y, v)| {
+                let mut o = DetectedObject::default();
+                o.classification = DetectedObject::CLASS_CAR;
+                o.class_confidence = 0.9;
+                o.position.x = x;
+                o.position.y = y;
+                o.dimensions.x = 4.5;
+                o.dimensions.y = 1.9;
+                o.has_velocity = true;
+                o.velocity.x = v;
+                o.position_covariance = [0.04, 0.0, 0.0, 0.0, 0.04, 0.0, 0.0, 0.0, 0.1];
+                o
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn fuses_and_follows_a_slower_vehicle_ahead() {
+        let mut twin = Twin::new("veh-1", &settings());
+        let t0 = 1_700_000_000.0;
+        assert_eq!(
+            twin.on_summary(&summary(t0, &[(30.0, 0.0, 15.0)]))
+                .unwrap_err()
+                .reason(),
+            "no_state_yet"
+        );
+        for k in 0..20 {
+            let t = t0 + k as f64 * 0.1;
+            let ego_x = 100.0 + 25.0 * (t - t0);
+            twin.on_state(&state(t, ego_x, 25.0)).unwrap();
+            // A car 40 m ahead in the same lane doing 15 m/s (relative -10 m/s).
+            let lead_x = 140.0 + 15.0 * (t - t0);
+            twin.on_summary(&summary(t, &[(lead_x - ego_x, 0.0, 15.0)]))
+                .unwrap();
+        }
+        let r = twin.recommend(t0 + 1.95, 5.0).unwrap();
+        assert_eq!(twin.tracker().confirmed().count(), 1);
+        assert_eq!(
+            r.reason_code,
+            Recommendation::REASON_FOLLOWING,
+            "{}",
+            r.reason
+        );
+        assert!(r.target_speed < 20.0, "{}", r.target_speed);
+        assert_eq!(r.sequence, 1);
+        assert_eq!(r.vehicle_id, "veh-1");
+        let status = twin.status(t0 + 2.0);
+        assert_eq!(
+            (status.states, status.summaries, status.refused),
+            (20, 20, 1)
+        );
+    }
+
+    #[test]
+    fn keeps_advising_while_the_vehicle_is_offline() {
+        let mut twin = Twin::new("veh-1", &settings());
+        let t0 = 1_700_000_000.0;
+        for k in 0..10 {
+            let t = t0 + k as f64 * 0.1;
+            twin.on_state(&state(t, 100.0 + 20.0 * k as f64 * 0.1, 20.0))
+                .unwrap();
+        }
+        let online = twin.recommend(t0 + 1.0, 5.0).unwrap();
+        // 15 s later, no state since: still a recommendation, conservative and less sure.
+        let offline = twin.recommend(t0 + 15.9, 20.0).unwrap();
+        assert_eq!(offline.reason_code, Recommendation::REASON_LINK_DEGRADED);
+        assert!(offline.confidence < online.confidence);
+        assert!(offline.target_speed < online.target_speed);
+        assert!(offline.horizon.last().unwrap().time_offset >= 19.0);
+        let status = twin.status(t0 + 15.9);
+        let est = status.estimate.unwrap();
+        assert!((est.x - (100.0 + 20.0 * 15.9)).abs() < 5.0, "{est:?}");
+        assert!(est.position_sigma > 1.0 && est.age > 14.0, "{est:?}");
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit_and_counts_it() {
+        let mut twin = Twin::new("veh-1", &settings());
+        let mut other = state(1.0, 0.0, 1.0);
+        other.vehicle_id = "veh-2".into();
+        assert_eq!(twin.on_state(&other).unwrap_err().reason(), "wrong_vehicle");
+        twin.on_state(&state(10.0, 0.0, 1.0)).unwrap();
+        assert_eq!(
+            twin.on_state(&state(9.0, 0.0, 1.0)).unwrap_err().reason(),
+            "stale_state"
+        );
+        twin.on_summary(&summary(10.0, &[(10.0, 0.0, 1.0)]))
+            .unwrap();
+        assert_eq!(
+            twin.on_summary(&summary(9.0, &[])).unwrap_err().reason(),
+            "stale_summary"
+        );
+        let mut map_frame = summary(10.1, &[]);
+        map_frame.header.frame_id = "map".into();
+        assert_eq!(
+            twin.on_summary(&map_frame).unwrap_err().reason(),
+            "invalid_summary"
+        );
+        let nan = summary(10.2, &[(f64::NAN, 0.0, 1.0), (12.0, 0.0, 1.0)]);
+        assert_eq!(twin.on_summary(&nan).unwrap().skipped, 1);
+        assert_eq!(twin.status(10.0).refused, 4);
+    }
+}

@@ -1,0 +1,496 @@
+//! The DR host as a real process: vehicles connect over real Zenoh on loopback, with
+//! keys from `twinctl provision`'s library, and the host is inspected through its admin
+//! endpoint, killed with SIGKILL and restarted.
+
+#![allow(clippy::field_reassign_with_default)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twin_dr_host::admin;
+use twin_dr_host::audit;
+use twin_dr_host::store::Store;
+use twinlink_launch::Supervised;
+use twinlink_link::link::now_us;
+use twinlink_link::minimal::{from_link, ros_time, to_link};
+use twinlink_link::scenario::loopback_endpoint;
+use twinlink_link::{KeyMaterial, Link, LinkConfig, LinkEvent, Priority, VehicleId, ZenohSettings};
+use twinlink_msgs::twin_msgs::msg::{
+    DetectedObject, Incident, LaneTraffic, PerceptionSummary, Recommendation, RegionalTraffic,
+    VehicleState,
+};
+
+struct HostRun {
+    dir: PathBuf,
+    endpoint: String,
+    admin: String,
+    process: Option<Supervised>,
+}
+
+fn free_admin() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+impl HostRun {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "twin_dr_host_{name}_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        HostRun {
+            dir,
+            endpoint: loopback_endpoint().unwrap(),
+            admin: free_admin(),
+            process: None,
+        }
+    }
+
+    /// Provisions `vehicle`: the DR key goes to the host's keys directory, the PE key is
+    /// returned.
+    fn provision(&self, vehicle: &str) -> KeyMaterial {
+        let id = VehicleId::new(vehicle).unwrap();
+        let (pe, dr) = KeyMaterial::generate_pair(&id).unwrap();
+        dr.save(
+            &self.dir.join("keys").join(format!("{vehicle}.dr.key")),
+            false,
+        )
+        .unwrap();
+        pe
+    }
+
+    fn start(&mut self, extra: &[&str]) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_twin-dr-host"));
+        c.arg("--keys")
+            .arg(self.dir.join("keys"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen",
+                &self.endpoint,
+                "--admin",
+                &self.admin,
+                "--rescan-ms",
+                "200",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,zenoh=warn")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("host.log"))
+                    .unwrap(),
+            );
+        self.process = Some(Supervised::spawn("twin-dr-host", c).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin::get(&self.admin, "/metrics", Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "host did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        admin::get(&self.admin, path, Duration::from_secs(5)).unwrap()
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.terminate();
+            assert!(
+                p.wait_timeout(Duration::from_secs(15)).unwrap().is_some(),
+                "host did not stop"
+            );
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for HostRun {
+    fn drop(&mut self) {
+        self.process.take();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("host log ({}):\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+fn pe_config(run: &HostRun, keys: KeyMaterial) -> LinkConfig {
+    LinkConfig::new(keys, ZenohSettings::peer_connecting(&run.endpoint))
+}
+
+fn state(vehicle: &str, t_us: u64, x: f64, speed: f64) -> VehicleState {
+    let mut s = VehicleState::default();
+    s.header.stamp = ros_time(t_us);
+    s.header.frame_id = "map".into();
+    s.vehicle_id = vehicle.into();
+    s.pose.position.x = x;
+    s.pose.position.y = 3.5;
+    s.pose.orientation.w = 1.0;
+    s.twist.linear.x = speed;
+    s.lane_index = 1;
+    s.length = 4.5;
+    s.width = 1.9;
+    s
+}
+
+fn lidar(t_us: u64, objects: &[(f64, f64, f64)]) -> PerceptionSummary {
+    let mut s = PerceptionSummary::default();
+    s.header.stamp = ros_time(t_us);
+    s.header.frame_id = "base_link".into();
+    s.sensor_id = "lidar_top".into();
+    s.sensor_kind = PerceptionSummary::SENSOR_LIDAR;
+    s.objects = objects
+        .iter()
+        .map(|&(x, y, v)| {
+            let mut o = DetectedObject::default();
+            o.classification = DetectedObject::CLASS_CAR;
+            o.class_confidence = 0.9;
+            o.position.x = x;
+            o.position.y = y;
+            o.dimensions.x = 4.5;
+            o.dimensions.y = 1.9;
+            o.has_velocity = true;
+            o.velocity.x = v;
+            o.position_covariance = [0.04, 0.0, 0.0, 0.0, 0.04, 0.0, 0.0, 0.0, 0.1];
+            o
+        })
+        .collect();
+    s
+}
+
+async fn publish_tile(run: &HostRun, contributors: u32) {
+    let config =
+        twinlink_link::link::zenoh_config("peer", &[], std::slice::from_ref(&run.endpoint))
+            .unwrap();
+    let session = zenoh::open(config).await.unwrap();
+    let mut tile = RegionalTraffic::default();
+    tile.tile_id = "t1".into();
+    tile.window.sec = 60;
+    tile.contributors = contributors;
+    tile.k_threshold = 10;
+    tile.lanes.push(LaneTraffic {
+        segment_id: "seg-3".into(),
+        lane_index: 1,
+        start_s: 0.0,
+        end_s: 500.0,
+        mean_speed: 6.0,
+        density: 60.0,
+        flow: 1400.0,
+    });
+    let mut inc = Incident::default();
+    inc.incident_id = "stalled-7".into();
+    inc.incident_kind = Incident::INCIDENT_STALLED_VEHICLE;
+    inc.segment_id = "seg-4".into();
+    inc.s = 200.0;
+    inc.lane_index = 1;
+    inc.extent = 6.0;
+    inc.confidence = 0.9;
+    tile.incidents.push(inc);
+    let key = twinlink_link::keys::region(
+        &twinlink_link::keys::RegionTile::new("t1").unwrap(),
+        "traffic",
+    )
+    .unwrap();
+    // Give the new session's declarations time to meet the host's subscriber.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    session
+        .put(key, twinlink_msgs::codec::encode(&tile).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session.close().await.unwrap();
+}
+
+fn recv_until<F: FnMut(&LinkEvent) -> bool>(
+    rt: &tokio::runtime::Runtime,
+    link: &mut Link,
+    within: Duration,
+    mut f: F,
+) -> bool {
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, link.recv()).await {
+                Ok(Some(e)) => {
+                    if f(&e) {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    })
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn host_wakes_a_twin_that_fuses_plans_and_goes_dormant() {
+    let mut run = HostRun::new("serve");
+    let pe_keys = run.provision("veh-1");
+    run.provision("veh-2");
+    run.start(&["--idle-after-s", "1"]);
+    let twins = run.json("/twins");
+    assert_eq!(twins.as_array().unwrap().len(), 2, "{twins}");
+    assert!(twins
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["active"] == false));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut pe = rt.block_on(Link::open(pe_config(&run, pe_keys))).unwrap();
+    rt.block_on(pe.wait_peer_up(Duration::from_secs(10)))
+        .expect("the twin woke and answered");
+    // A regional tile from a separate Zenoh session, as the regional service publishes it:
+    // slow traffic and a stalled vehicle on the route. It reaches the active twin and the
+    // dormant one; a tile below k-anonymity is refused by both and counted.
+    rt.block_on(publish_tile(&run, 12));
+    rt.block_on(publish_tile(&run, 3));
+    wait_for(
+        "the tile to reach both twins",
+        Duration::from_secs(5),
+        || {
+            run.json("/twins/veh-2")["hazards"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+                && run.json("/twins/veh-1")["hazards"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 1
+        },
+    );
+    wait_for(
+        "the thin tile to be refused",
+        Duration::from_secs(5),
+        || run.metric("twinlink_dr_rejected_total{reason=\"below_k\"}") >= 2.0,
+    );
+    let start = now_us();
+    let mut advice: Vec<Recommendation> = Vec::new();
+    for k in 0..40u64 {
+        let t = start + k * 50_000;
+        let x = 1000.0 + 25.0 * k as f64 * 0.05;
+        pe.send(to_link(
+            "state",
+            Priority::OwnState,
+            &state("veh-1", t, x, 25.0),
+            t,
+        ))
+        .unwrap();
+        // A slower car 40 m ahead in the same lane.
+        let lead = 1040.0 + 15.0 * k as f64 * 0.05;
+        pe.send(to_link(
+            "objects/lidar_top",
+            Priority::Objects,
+            &lidar(t, &[(lead - x, 0.0, 15.0)]),
+            t,
+        ))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        while let Some(LinkEvent::Message(d)) = pe.try_recv() {
+            if let Ok(r) = from_link::<Recommendation>(&d.message) {
+                advice.push(r);
+            }
+        }
+    }
+    recv_until(&rt, &mut pe, Duration::from_secs(2), |e| {
+        if let LinkEvent::Message(d) = e {
+            if let Ok(r) = from_link::<Recommendation>(&d.message) {
+                advice.push(r);
+            }
+        }
+        advice.len() >= 30
+    });
+    assert!(advice.len() >= 30, "{} recommendations", advice.len());
+    let last = advice.last().unwrap();
+    assert_eq!(last.vehicle_id, "veh-1");
+    assert_eq!(
+        last.reason_code,
+        Recommendation::REASON_FOLLOWING,
+        "{}",
+        last.reason
+    );
+    assert!(last.target_speed < 20.0, "{}", last.target_speed);
+    assert!(last.horizon.len() >= 5);
+    assert!(
+        last.horizon[0].speed < 25.0,
+        "the horizon slows down too: {:?}",
+        last.horizon
+    );
+    assert!(advice.windows(2).all(|w| w[1].sequence > w[0].sequence));
+
+    // A message of a type the twin does not take is refused and counted; the twin goes on.
+    pe.send(to_link(
+        "odd",
+        Priority::Info,
+        &Incident::default(),
+        now_us(),
+    ))
+    .unwrap();
+    wait_for("the refusal to be counted", Duration::from_secs(5), || {
+        run.metric("twinlink_dr_rejected_total{reason=\"unknown_type\"}") >= 1.0
+    });
+
+    let doc = run.json("/twins/veh-1");
+    assert_eq!(doc["active"], true, "{doc}");
+    assert!(
+        doc["counters"]["summaries"].as_u64().unwrap() >= 35,
+        "{doc}"
+    );
+    assert_eq!(doc["tracks"], 1, "{doc}");
+    assert!(doc["link"]["peer_alive"].as_bool().unwrap(), "{doc}");
+    assert_eq!(run.get("/twins/veh-9").0, 404);
+    assert!(run.metric("twinlink_dr_recommendations_total") >= 30.0);
+    assert!(run.metric("twinlink_dr_latency_seconds_count") >= 30.0);
+
+    // Provisioned while running: picked up by the rescan.
+    run.provision("veh-3");
+    wait_for("veh-3 to be hosted", Duration::from_secs(5), || {
+        run.json("/twins").as_array().unwrap().len() == 3
+    });
+
+    // The vehicle leaves: after --idle-after-s the twin is dormant, and still predicts.
+    rt.block_on(pe.close());
+    wait_for("veh-1 to go dormant", Duration::from_secs(10), || {
+        run.json("/twins/veh-1")["active"] == false
+    });
+    let doc = run.json("/twins/veh-1");
+    let est = &doc["estimate"];
+    assert!(est["age"].as_f64().unwrap() > 0.5, "{doc}");
+    assert!(
+        est["x"].as_f64().unwrap() > 1000.0 + 25.0 * 2.0,
+        "still driving on: {doc}"
+    );
+    run.stop();
+    // Its history verifies.
+    let report = audit::verify(
+        &run.dir.join("data").join("veh-1"),
+        &VehicleId::new("veh-1").unwrap(),
+        None,
+    )
+    .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+}
+
+#[test]
+fn kill_9_loses_nothing_the_host_acknowledged() {
+    let mut run = HostRun::new("kill9");
+    let pe_keys = run.provision("veh-k");
+    run.start(&["--retention", "100000"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut pe = rt.block_on(Link::open(pe_config(&run, pe_keys))).unwrap();
+    rt.block_on(pe.wait_peer_up(Duration::from_secs(10)))
+        .unwrap();
+    // Each message on a stream of its own, so that none supersedes another.
+    let total = 400u64;
+    let t0 = now_us();
+    let send = |pe: &Link, k: u64| {
+        let t = t0 + k * 10_000;
+        let m = to_link(
+            &format!("log/{k}"),
+            Priority::Info,
+            &state("veh-k", t, k as f64, 10.0),
+            t,
+        );
+        pe.send(m).unwrap();
+    };
+    for k in 0..200 {
+        send(&pe, k);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let acked_before = rt.block_on(pe.stats()).unwrap().sender.acknowledged;
+    run.kill();
+    let acked_at_kill = rt.block_on(pe.stats()).unwrap().sender.acknowledged;
+    assert!(acked_at_kill >= acked_before && acked_at_kill > 0);
+    // What the vehicle saw acknowledged is in the store, though the host died mid-stream.
+    {
+        let store = Store::open(&run.dir.join("data").join("host.redb"), 100_000).unwrap();
+        let stored = store.messages("veh-k", 0).unwrap();
+        assert!(
+            stored.len() as u64 >= acked_at_kill,
+            "{} stored, {acked_at_kill} acknowledged",
+            stored.len()
+        );
+        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no holes");
+    }
+    // The vehicle keeps sending into the outage; the host comes back and catches up.
+    for k in 200..total {
+        send(&pe, k);
+    }
+    run.start(&["--retention", "100000"]);
+    wait_for(
+        "every message acknowledged",
+        Duration::from_secs(30),
+        || {
+            rt.block_on(pe.stats()).unwrap().sender.in_flight == 0
+                && rt.block_on(pe.stats()).unwrap().outbox.queued == 0
+        },
+    );
+    rt.block_on(pe.close());
+    run.stop();
+    let store = Store::open(&run.dir.join("data").join("host.redb"), 100_000).unwrap();
+    let stored = store.messages("veh-k", 0).unwrap();
+    let mut streams: Vec<u64> = stored
+        .iter()
+        .map(|m| m.stream.trim_start_matches("log/").parse().unwrap())
+        .collect();
+    streams.sort_unstable();
+    assert_eq!(
+        streams,
+        (0..total).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    let report = audit::verify(
+        &run.dir.join("data").join("veh-k"),
+        &VehicleId::new("veh-k").unwrap(),
+        None,
+    )
+    .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+}
