@@ -532,6 +532,18 @@ impl AuditLog {
         Ok(index)
     }
 
+    /// Hands buffered records to the operating system (no fsync): they then survive the
+    /// process being killed, though not the machine losing power before the next
+    /// [`AuditLog::sync`] or checkpoint.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        self.usable()?;
+        let result = self.out.flush();
+        result.map_err(|e| {
+            self.failed = true;
+            io_at(&self.log_path)(e)
+        })
+    }
+
     /// Flushes buffered records and fsyncs the file.
     pub fn sync(&mut self) -> Result<(), AuditError> {
         self.usable()?;

@@ -556,7 +556,7 @@ async fn twin_loop(
             seq = durable_rx.recv() => {
                 if let Some(seq) = seq {
                     // The history reaches the operating system before the acknowledgement.
-                    audit.sync()?;
+                    audit.flush()?;
                     link.confirm_durable(seq)?;
                 }
             }
