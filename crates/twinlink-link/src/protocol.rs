@@ -74,6 +74,7 @@ mod tests {
             sent_us: 123,
             ack: Some(Ack {
                 next_expected: 5,
+                received_next: 6,
                 ranges: vec![(7, 9)],
                 echo_sent_us: 100,
                 echo_hold_us: 3,

@@ -112,8 +112,14 @@ impl WireItem {
 /// Cumulative acknowledgement with selective ranges and a timestamp echo for RTT.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// Every sequence number below this was applied.
+    /// Every sequence number below this was applied (with durable acknowledgements: made
+    /// durable by the application); the sender forgets them.
     pub next_expected: u64,
+    /// Every sequence number below this was received and delivered (at least
+    /// `next_expected`): the sender stops counting them in flight and stops resending them,
+    /// but keeps those not yet acknowledged by `next_expected` until they are (the receiver
+    /// may still lose them if it dies before making them durable).
+    pub received_next: u64,
     /// Inclusive ranges above `next_expected` that arrived (at most [`MAX_ACK_RANGES`]).
     pub ranges: Vec<(u64, u64)>,
     /// `sent_us` of the newest frame received, echoed back.
@@ -350,6 +356,9 @@ struct InFlight {
     len: usize,
     last_sent: Instant,
     transmissions: u32,
+    /// The peer has it but has not acknowledged it durable: not counted in flight, not
+    /// resent unless the peer restarts.
+    received: bool,
 }
 
 /// Counters of a sender.
@@ -363,8 +372,12 @@ pub struct SenderStats {
     pub skips_sent: u64,
     /// Messages acknowledged.
     pub acknowledged: u64,
-    /// Messages in flight (sent, not acknowledged).
+    /// Messages in flight (sent, not acknowledged; those received but not yet durable at
+    /// the peer included).
     pub in_flight: usize,
+    /// Of those, received by the peer and waiting for its durability.
+    #[serde(default)]
+    pub awaiting_durability: usize,
     /// Bytes in flight.
     pub in_flight_bytes: usize,
 }
@@ -430,6 +443,7 @@ impl Sender {
     pub fn stats(&self) -> SenderStats {
         let mut s = self.stats.clone();
         s.in_flight = self.in_flight.len();
+        s.awaiting_durability = self.in_flight.values().filter(|f| f.received).count();
         s.in_flight_bytes = self.in_flight_bytes;
         s
     }
@@ -455,6 +469,7 @@ impl Sender {
         let queued_ahead = self.in_flight_bytes;
         self.in_flight
             .values()
+            .filter(|f| !f.received)
             .map(|f| {
                 f.last_sent
                     + backoff(rto, f.transmissions)
@@ -475,10 +490,11 @@ impl Sender {
             .in_flight
             .iter()
             .filter(|(_, f)| {
-                f.last_sent
-                    + backoff(rto, f.transmissions)
-                    + self.transfer_allowance(f.len + queued_ahead)
-                    <= now
+                !f.received
+                    && f.last_sent
+                        + backoff(rto, f.transmissions)
+                        + self.transfer_allowance(f.len + queued_ahead)
+                        <= now
             })
             .map(|(&seq, _)| seq)
             .collect();
@@ -537,6 +553,7 @@ impl Sender {
                     len,
                     last_sent: now,
                     transmissions: 1,
+                    received: false,
                 },
             );
             self.in_flight_bytes += len;
@@ -582,7 +599,20 @@ impl Sender {
                     .collect::<Vec<_>>()
             }))
             .collect();
-        let bytes: usize = acked.into_iter().map(|seq| self.forget(seq)).sum();
+        let mut bytes: usize = acked.into_iter().map(|seq| self.forget(seq)).sum();
+        // Received, not yet durable: out of the window, kept for a peer restart.
+        let received_next = ack.received_next.max(ack.next_expected);
+        for f in self
+            .in_flight
+            .range_mut(ack.next_expected..received_next)
+            .map(|(_, f)| f)
+        {
+            if !f.received {
+                f.received = true;
+                self.in_flight_bytes -= f.len;
+                bytes += f.len;
+            }
+        }
         if ack.echo_sent_us > 0 && now_us >= ack.echo_sent_us + ack.echo_hold_us {
             let rtt = Duration::from_micros(now_us - ack.echo_sent_us - ack.echo_hold_us);
             self.rtt.sample(rtt);
@@ -593,12 +623,17 @@ impl Sender {
 
     fn forget(&mut self, seq: u64) -> usize {
         if let Some(f) = self.in_flight.remove(&seq) {
-            self.in_flight_bytes -= f.len;
             self.stats.acknowledged += 1;
             if self.newest_seq_of_stream.get(&f.stream) == Some(&seq) {
                 self.newest_seq_of_stream.remove(&f.stream);
             }
-            f.len
+            if f.received {
+                // Already out of the window when it was received.
+                0
+            } else {
+                self.in_flight_bytes -= f.len;
+                f.len
+            }
         } else {
             0
         }
@@ -620,6 +655,11 @@ impl Sender {
         for f in self.in_flight.values_mut() {
             f.last_sent = past;
             f.transmissions = 1;
+            if f.received {
+                // The peer may have lost what it had not made durable: send it again.
+                f.received = false;
+                self.in_flight_bytes += f.len;
+            }
         }
     }
 
@@ -851,6 +891,7 @@ impl Receiver {
         }
         Ack {
             next_expected: self.acked_next(),
+            received_next: self.next_expected,
             ranges,
             echo_sent_us,
             echo_hold_us,
@@ -889,6 +930,54 @@ mod tests {
         assert_eq!(r.acked_next(), 4);
         r.confirm_durable(5);
         assert_eq!(r.acked_next(), 6);
+    }
+
+    #[test]
+    fn received_items_leave_the_window_but_stay_until_durable() {
+        let mut s = Sender::new(Outbox::new(64, 1 << 20), 1 << 20);
+        let t0 = Instant::now();
+        for k in 0..4 {
+            s.push(msg(&format!("s{k}"), Priority::Objects, k));
+        }
+        assert_eq!(s.next_items(t0, 1 << 20).len(), 4);
+        let before = s.stats().in_flight_bytes;
+        assert!(before > 0);
+        let ack = Ack {
+            next_expected: 1,
+            received_next: 4,
+            ..Default::default()
+        };
+        let (bytes, _) = s.on_ack_counting(&ack, 0);
+        assert_eq!(bytes, before, "all of it left the window");
+        let st = s.stats();
+        assert_eq!(
+            (
+                st.in_flight,
+                st.awaiting_durability,
+                st.in_flight_bytes,
+                st.acknowledged
+            ),
+            (3, 3, 0, 1)
+        );
+        // Received items are not resent on a timer...
+        assert!(s.next_retransmit_at().is_none());
+        assert!(s
+            .next_items(t0 + Duration::from_secs(30), 1 << 20)
+            .is_empty());
+        // ...but are when the peer restarted before making them durable.
+        s.resync(1, false, t0);
+        assert_eq!(s.next_items(t0, 1 << 20).len(), 3);
+        let ack = Ack {
+            next_expected: 4,
+            received_next: 4,
+            ..Default::default()
+        };
+        s.on_ack_counting(&ack, 0);
+        let st = s.stats();
+        assert_eq!(
+            (st.in_flight, st.in_flight_bytes, st.acknowledged),
+            (0, 0, 4)
+        );
     }
 
     #[test]

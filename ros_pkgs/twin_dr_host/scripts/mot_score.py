@@ -71,6 +71,12 @@ def read_rows(path):
     return by_frame
 
 
+def finite(x):
+    """A float for JSON, or None when undefined (e.g. precision without any track)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def score(directory, max_distance):
     gt = read_rows(directory / "gt.csv")
     hyp = read_rows(directory / "hyp.csv")
@@ -107,15 +113,15 @@ def score(directory, max_distance):
     n = len(d2)
     track_ids = {o for rows in hyp.values() for o, *_ in rows}
     return {
-        "mota": float(s["mota"]),
-        "idf1": float(s["idf1"]),
+        "mota": finite(s["mota"]),
+        "idf1": finite(s["idf1"]),
         "id_switches": int(s["num_switches"]),
         "motp_m": float(np.sqrt(d2).mean()) if n else None,
         "rmse_m": float(np.sqrt(d2.mean())) if n else None,
         "motp_d2_m2": float(s["motp"]) if n else None,
         "class_accuracy": same_class / n if n else None,
-        "idp": float(s["idp"]),
-        "idr": float(s["idr"]),
+        "idp": finite(s["idp"]),
+        "idr": finite(s["idr"]),
         "frames": int(s["num_frames"]),
         "truth_rows": int(s["num_objects"]),
         "matches": int(s["num_matches"]),
@@ -161,7 +167,7 @@ def main(argv=None):
     except InputError as e:
         print(f"mot_score.py: {e}", file=sys.stderr)
         return 2
-    json.dump(out, sys.stdout, indent=2, sort_keys=False)
+    json.dump(out, sys.stdout, indent=2, allow_nan=False)
     print()
     return 0
 

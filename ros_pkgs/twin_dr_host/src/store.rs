@@ -173,15 +173,17 @@ impl Store {
     /// Commits `ops` in one transaction; returns, per twin, the newest durable sequence
     /// number.
     pub fn commit(&self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        use std::collections::HashMap;
         let txn = self.db.begin_write().map_err(db_err)?;
-        let mut durable: Vec<(Arc<str>, u64)> = Vec::new();
+        // Per twin: its newest link record; per (twin, stream): the newest message. Each is
+        // written once per transaction, however many messages the batch holds.
+        let mut records: HashMap<&str, (Arc<str>, LinkRecord)> = HashMap::new();
+        let mut newest: HashMap<(&str, &str), &StoredMessage> = HashMap::new();
         {
-            let mut link = txn.open_table(LINK).map_err(db_err)?;
-            let mut latest = txn.open_table(LATEST).map_err(db_err)?;
             let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
             for op in ops {
-                let bytes = postcard::to_stdvec(&op.message).expect("stored messages serialize");
                 let v: &str = &op.vehicle;
+                let bytes = postcard::to_stdvec(&op.message).expect("stored messages serialize");
                 inbox
                     .insert((v, op.message.seq), bytes.as_slice())
                     .map_err(db_err)?;
@@ -190,29 +192,51 @@ impl Store {
                         .remove((v, op.message.seq - self.retention))
                         .map_err(db_err)?;
                 }
-                latest
-                    .insert((v, op.message.stream.as_str()), bytes.as_slice())
-                    .map_err(db_err)?;
+                newest
+                    .entry((v, op.message.stream.as_str()))
+                    .and_modify(|m| {
+                        if op.message.seq > m.seq {
+                            *m = &op.message
+                        }
+                    })
+                    .or_insert(&op.message);
                 let record = LinkRecord {
                     incarnation: op.incarnation,
                     rx_next: op.message.seq + 1,
                     recommendation_seq: op.recommendation_seq,
                 };
+                records
+                    .entry(v)
+                    .and_modify(|(_, r)| {
+                        if record.rx_next > r.rx_next {
+                            *r = record
+                        }
+                    })
+                    .or_insert((op.vehicle.clone(), record));
+            }
+            let mut latest = txn.open_table(LATEST).map_err(db_err)?;
+            for ((v, stream), m) in &newest {
+                let bytes = postcard::to_stdvec(*m).expect("stored messages serialize");
+                latest
+                    .insert((*v, *stream), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            let mut link = txn.open_table(LINK).map_err(db_err)?;
+            for (v, (_, record)) in &records {
                 link.insert(
-                    v,
-                    postcard::to_stdvec(&record)
+                    *v,
+                    postcard::to_stdvec(record)
                         .expect("records serialize")
                         .as_slice(),
                 )
                 .map_err(db_err)?;
-                match durable.iter_mut().find(|(d, _)| **d == *v) {
-                    Some(entry) => entry.1 = entry.1.max(op.message.seq),
-                    None => durable.push((op.vehicle.clone(), op.message.seq)),
-                }
             }
         }
         txn.commit().map_err(db_err)?;
-        Ok(durable)
+        Ok(records
+            .into_values()
+            .map(|(v, r)| (v, r.rx_next - 1))
+            .collect())
     }
 
     /// Records a new incarnation of `vehicle`'s link end before it receives anything.
@@ -298,9 +322,11 @@ impl Writer {
                     match store.commit(&batch) {
                         Ok(durable) => {
                             observe(batch.len(), started.elapsed(), true);
+                            let notify: std::collections::HashMap<&str, &mpsc::UnboundedSender<u64>> =
+                                batch.iter().map(|op| (&*op.vehicle, &op.notify)).collect();
                             for (vehicle, seq) in durable {
-                                if let Some(op) = batch.iter().rev().find(|op| op.vehicle == vehicle) {
-                                    let _ = op.notify.send(seq);
+                                if let Some(tx) = notify.get(&*vehicle) {
+                                    let _ = tx.send(seq);
                                 }
                             }
                         }

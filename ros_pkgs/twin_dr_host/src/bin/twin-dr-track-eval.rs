@@ -71,30 +71,30 @@ struct Cli {
     #[arg(long)]
     scenario: String,
     /// Seed of the scene and of every sensor error.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Output directory; each scenario goes into DIR/<scenario>/.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// How long truth stays expected after it was last visible [s] (default: the default
     /// tracker's max_coast).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     gt_coast: Option<f64>,
     /// Experiment: updates that confirm a track (tracker default 3).
     #[arg(long, value_name = "N")]
     confirm_hits: Option<u32>,
     /// Experiment: seconds a confirmed track coasts without an update (tracker default 1.5).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     max_coast: Option<f64>,
     /// Experiment: smallest position standard deviation of every sensor [m] (tracker
     /// defaults 0.15 to 0.5); large values open the gates wide.
-    #[arg(long, value_name = "METRES")]
+    #[arg(long, value_name = "METRES", allow_negative_numbers = true)]
     min_position_sigma: Option<f64>,
     /// Experiment: the sensors that report, comma-separated (default lidar,radar,camera).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     sensors: Option<Vec<String>>,
     /// Experiment: factor on every sensor's clutter rate (default 1; 0 removes clutter).
-    #[arg(long, value_name = "FACTOR")]
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
     clutter_scale: Option<f64>,
 }
 
@@ -279,6 +279,12 @@ fn write_scenario(
         "scenario": scenario.name,
         "seed": scenario.seed,
         "duration_s": scenario.duration,
+        "sensors": scenario.sensors.iter().map(|s| serde_json::json!({
+            "id": s.id,
+            "rate_hz": s.rate_hz,
+            "max_range_m": s.max_range,
+            "clutter_per_frame": s.clutter_rate,
+        })).collect::<Vec<_>>(),
         "evaluation": {
             "rate_hz": 10.0,
             "frames": "one per LiDAR summary (lidar_top), counted from 0",
@@ -304,7 +310,7 @@ fn write_scenario(
             "track_ids": track_ids.len(),
         },
     });
-    write("meta.json", &serde_json::to_string_pretty(&meta)?)?;
+    write("meta.json", &(serde_json::to_string_pretty(&meta)? + "\n"))?;
     Ok(Stats {
         frames,
         road_users: road_users.len(),

@@ -1,0 +1,289 @@
+//! Fleet load for a DR host, from a process of its own.
+//!
+//! - `provision --active N --idle M --dir D`: DR keys of N + M vehicles in `D/keys` (the
+//!   host's keys directory) and the PE keys of the N active ones in `D/pe`.
+//! - `load --dir D --connect EP`: every PE key in `D/pe` becomes a vehicle on one shared
+//!   Zenoh session, sending its state and a perception summary at `--rate-hz`; each
+//!   recommendation that comes back is matched to the newest summary sent before the twin
+//!   made it, and the time from sending that summary to receiving the advice is recorded.
+//!   Prints percentiles as JSON.
+
+// Messages are built field by field from defaults, as ROS users write them.
+#![allow(clippy::field_reassign_with_default)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use twinlink_link::cli::percentiles;
+use twinlink_link::link::{now_us, zenoh_config};
+use twinlink_link::minimal::{from_link, ros_time, time_us, to_link};
+use twinlink_link::{
+    KeyMaterial, Link, LinkConfig, LinkEvent, Priority, Role, VehicleId, ZenohSettings,
+};
+use twinlink_msgs::twin_msgs::msg::{
+    DetectedObject, PerceptionSummary, Recommendation, VehicleState,
+};
+
+#[derive(Debug, Parser)]
+#[command(about = "Fleet load for a DR host")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Writes the keys of a fleet.
+    Provision {
+        /// Vehicles that will connect.
+        #[arg(long)]
+        active: usize,
+        /// Vehicles that stay away (idle twins).
+        #[arg(long)]
+        idle: usize,
+        /// Output directory (`keys/` and `pe/` inside).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Drives the active vehicles against a host.
+    Load {
+        /// The directory given to `provision`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host's Zenoh endpoint.
+        #[arg(long)]
+        connect: String,
+        /// Summaries per second per vehicle.
+        #[arg(long, default_value_t = 10.0)]
+        rate_hz: f64,
+        /// Objects per summary.
+        #[arg(long, default_value_t = 10)]
+        objects: usize,
+        /// Seconds before measuring (twins wake, links come up).
+        #[arg(long, default_value_t = 10.0)]
+        warmup_s: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
+}
+
+fn provision(active: usize, idle: usize, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("keys"))?;
+    std::fs::create_dir_all(dir.join("pe"))?;
+    for i in 0..active + idle {
+        let (kind, n) = if i < active {
+            ("active", i)
+        } else {
+            ("idle", i - active)
+        };
+        let vehicle = VehicleId::new(&format!("{kind}-{n:05}"))?;
+        let (pe, dr) = KeyMaterial::generate_pair(&vehicle)?;
+        dr.save(&dir.join("keys").join(format!("{vehicle}.dr.key")), true)?;
+        if i < active {
+            pe.save(&dir.join("pe").join(format!("{vehicle}.pe.key")), true)?;
+        }
+    }
+    println!("{}", json!({"active": active, "idle": idle}));
+    Ok(())
+}
+
+fn state(vehicle: &str, t_us: u64, x: f64) -> VehicleState {
+    let mut s = VehicleState::default();
+    s.header.stamp = ros_time(t_us);
+    s.header.frame_id = "map".into();
+    s.vehicle_id = vehicle.into();
+    s.pose.position.x = x;
+    s.pose.position.y = 3.5;
+    s.pose.orientation.w = 1.0;
+    s.twist.linear.x = 25.0;
+    s.length = 4.5;
+    s.width = 1.9;
+    s
+}
+
+fn summary(t_us: u64, t: f64, objects: usize) -> PerceptionSummary {
+    let mut s = PerceptionSummary::default();
+    s.header.stamp = ros_time(t_us);
+    s.header.frame_id = "base_link".into();
+    s.sensor_id = "fused".into();
+    s.sensor_kind = PerceptionSummary::SENSOR_FUSED;
+    s.objects = (0..objects)
+        .map(|i| {
+            let speed = 18.0 + (i * 7 % 13) as f64;
+            let x0 = -60.0 + i as f64 * 180.0 / objects as f64;
+            let mut o = DetectedObject::default();
+            o.classification = DetectedObject::CLASS_CAR;
+            o.class_confidence = 0.9;
+            o.position.x = (x0 + (speed - 25.0) * t + 60.0).rem_euclid(180.0) - 60.0;
+            o.position.y = (i % 3) as f64 * 3.5 - 3.5;
+            o.dimensions.x = 4.5;
+            o.dimensions.y = 1.9;
+            o.position_covariance = [0.04, 0.0, 0.0, 0.0, 0.04, 0.0, 0.0, 0.0, 0.1];
+            o
+        })
+        .collect();
+    s
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    summaries: u64,
+    recommendations: u64,
+    unmatched: u64,
+    links_up: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn vehicle(
+    session: zenoh::Session,
+    keys: KeyMaterial,
+    endpoint: String,
+    rate_hz: f64,
+    objects: usize,
+    measure_from_us: u64,
+    until_us: u64,
+    tally: Arc<Mutex<Tally>>,
+) -> anyhow::Result<()> {
+    let name = keys.vehicle.to_string();
+    let config = LinkConfig::new(keys, ZenohSettings::peer_connecting(&endpoint));
+    let mut link = Link::open_on(session, config).await?;
+    link.wait_peer_up(Duration::from_secs(60)).await?;
+    tally.lock().unwrap().links_up += 1;
+    let period = Duration::from_secs_f64(1.0 / rate_hz);
+    // Spread the vehicles over the period.
+    tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
+    let mut tick = tokio::time::interval(period);
+    let mut sent: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    let mut local = Tally::default();
+    let t0 = now_us();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = now_us();
+                if now >= until_us {
+                    break;
+                }
+                let t = (now - t0) as f64 * 1e-6;
+                link.send(to_link("state", Priority::OwnState, &state(&name, now, 25.0 * t), now))?;
+                link.send(to_link("objects/fused", Priority::Objects, &summary(now, t, objects), now))?;
+                sent.push_back(now);
+                if sent.len() > 64 {
+                    sent.pop_front();
+                }
+                if now >= measure_from_us {
+                    local.summaries += 1;
+                }
+            }
+            event = link.recv() => {
+                let Some(event) = event else { break };
+                if let LinkEvent::Message(d) = event {
+                    let arrived = now_us();
+                    let Ok(r) = from_link::<Recommendation>(&d.message) else { continue };
+                    let made = time_us(&r.header.stamp);
+                    if made < measure_from_us {
+                        continue;
+                    }
+                    local.recommendations += 1;
+                    // The summary it answers: the newest sent before the twin made it.
+                    match sent.iter().rev().find(|&&s| s <= made) {
+                        Some(&s) => local.latencies_us.push(arrived.saturating_sub(s)),
+                        None => local.unmatched += 1,
+                    }
+                }
+            }
+        }
+    }
+    link.close().await;
+    let mut t = tally.lock().unwrap();
+    t.latencies_us.extend(local.latencies_us);
+    t.summaries += local.summaries;
+    t.recommendations += local.recommendations;
+    t.unmatched += local.unmatched;
+    Ok(())
+}
+
+async fn load(
+    dir: &Path,
+    connect: &str,
+    rate_hz: f64,
+    objects: usize,
+    warmup_s: f64,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rate_hz > 0.0 && rate_hz <= 100.0,
+        "--rate-hz must be in (0, 100]"
+    );
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(dir.join("pe"))? {
+        let path = entry?.path();
+        let Some(v) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pe.key"))
+        else {
+            continue;
+        };
+        keys.push(KeyMaterial::load(&path, &VehicleId::new(v)?, Role::Pe)?);
+    }
+    let session = zenoh::open(zenoh_config("peer", &[], &[connect.to_string()])?)
+        .await
+        .map_err(|e| anyhow::anyhow!("zenoh: {e}"))?;
+    let start = now_us();
+    let measure_from = start + (warmup_s * 1e6) as u64;
+    let until = measure_from + (seconds * 1e6) as u64;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in keys.iter().cloned() {
+        tasks.spawn(vehicle(
+            session.clone(),
+            k,
+            connect.to_string(),
+            rate_hz,
+            objects,
+            measure_from,
+            until,
+            tally.clone(),
+        ));
+    }
+    let mut failures = 0;
+    while let Some(r) = tasks.join_next().await {
+        if !matches!(r, Ok(Ok(()))) {
+            failures += 1;
+        }
+    }
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
+    let (p50, p99, max) = percentiles(&mut t.latencies_us);
+    println!(
+        "{}",
+        json!({
+            "vehicles": keys.len(), "links_up": t.links_up, "failed": failures,
+            "rate_hz": rate_hz, "objects": objects, "seconds": seconds,
+            "summaries": t.summaries, "recommendations": t.recommendations, "unmatched": t.unmatched,
+            "latency_p50_ms": p50 as f64 / 1e3, "latency_p99_ms": p99 as f64 / 1e3, "latency_max_ms": max as f64 / 1e3,
+        })
+    );
+    let _ = session.close().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    twinlink_link::cli::init_tracing();
+    match Args::parse().command {
+        Cmd::Provision { active, idle, dir } => provision(active, idle, &dir),
+        Cmd::Load {
+            dir,
+            connect,
+            rate_hz,
+            objects,
+            warmup_s,
+            seconds,
+        } => tokio::runtime::Runtime::new()?
+            .block_on(load(&dir, &connect, rate_hz, objects, warmup_s, seconds)),
+    }
+}
