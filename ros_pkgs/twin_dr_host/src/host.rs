@@ -73,6 +73,8 @@ pub struct HostConfig {
     pub min_horizon: f64,
     /// Messages kept per twin in the durable inbox.
     pub retention: u64,
+    /// Page cache of the durable store [bytes].
+    pub store_cache_bytes: usize,
     /// Audit log settings.
     pub audit: AuditConfig,
     /// Where to serve `/metrics` and `/twins` (None: not served).
@@ -121,7 +123,11 @@ pub async fn run(
         )
     })?;
     let metrics = HostMetrics::new();
-    let store = Store::open(&config.data_dir.join("host.redb"), config.retention)?;
+    let store = Store::open_with_cache(
+        &config.data_dir.join("host.redb"),
+        config.retention,
+        config.store_cache_bytes,
+    )?;
     let m = metrics.clone();
     let writer = Writer::start(store.clone(), move |n, took, ok| {
         let result = if ok { "ok" } else { "failed" };

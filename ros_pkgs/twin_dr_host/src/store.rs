@@ -39,6 +39,13 @@ const LINK: TableDefinition<&str, &[u8]> = TableDefinition::new("link");
 const LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("latest");
 const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
 
+/// Page cache of the database unless configured otherwise (redb's own default is 1 GiB,
+/// too much beside thousands of twins).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Messages kept per twin in the inbox unless configured otherwise.
+pub const DEFAULT_RETENTION: u64 = 256;
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,9 +116,17 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database at `path`, keeping the newest `retention` messages
-    /// of each twin in the inbox.
+    /// of each twin in the inbox, with a page cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path, retention: u64) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        Self::open_with_cache(path, retention, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`Store::open`], with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, retention: u64, cache_bytes: usize) -> Result<Store, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(LINK).map_err(db_err)?;
         txn.open_table(LATEST).map_err(db_err)?;

@@ -38,9 +38,12 @@ struct Args {
     /// How often the keys directory is rescanned [ms].
     #[arg(long, default_value_t = 2000)]
     rescan_ms: u64,
-    /// Messages kept per twin in the durable inbox.
-    #[arg(long, default_value_t = 4096)]
+    /// Messages kept per twin in the durable inbox (the newest ones).
+    #[arg(long, default_value_t = twin_dr_host::store::DEFAULT_RETENTION)]
     retention: u64,
+    /// Page cache of the durable store [MiB].
+    #[arg(long, default_value_t = 64)]
+    store_cache_mb: usize,
     /// Audit checkpoint (signature) every this many records.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
@@ -100,6 +103,7 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         rescan: Duration::from_millis(args.rescan_ms),
         min_horizon: 5.0,
         retention: args.retention.max(1),
+        store_cache_bytes: args.store_cache_mb.max(1) << 20,
         audit: AuditConfig {
             checkpoint_every: args.checkpoint_every,
         },
