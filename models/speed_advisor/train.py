@@ -118,7 +118,7 @@ def predict(params, X, mean, std):
     return (cap_ratio + forward(params, Z)) * X[:, IX["speed_limit"]]
 
 
-def train(rng, X, y, epochs, batch=256, lr0=3e-3, delta=0.05, log=print):
+def train(rng, X, y, epochs, batch=256, lr0=3e-3, delta=0.05, over=1.0, log=print):
     mean, std = X.mean(0), X.std(0) + 1e-6
     Z, cap_ratio = inputs(X, mean, std)
     target = y / X[:, IX["speed_limit"]] - cap_ratio
@@ -135,9 +135,11 @@ def train(rng, X, y, epochs, batch=256, lr0=3e-3, delta=0.05, log=print):
             idx = order[k * batch:(k + 1) * batch]
             out, (z, h1, h2) = forward(params, Z[idx], keep=True)
             err = out - target[idx]
-            # Huber loss (quadratic within delta of the limit, linear beyond).
-            total += np.where(np.abs(err) <= delta, 0.5 * err ** 2, delta * (np.abs(err) - 0.5 * delta)).sum()
-            g = np.clip(err, -delta, delta)[:, None] / len(idx)
+            # Asymmetric Huber loss: advising too fast costs `over` times as much as too
+            # slow (quadratic within delta of the limit, linear beyond).
+            wgt = np.where(err > 0.0, over, 1.0)
+            total += (wgt * np.where(np.abs(err) <= delta, 0.5 * err ** 2, delta * (np.abs(err) - 0.5 * delta))).sum()
+            g = (wgt * np.clip(err, -delta, delta))[:, None] / len(idx)
             g3w, g3b = h2.T @ g, g.sum(0)
             d2 = (g @ params[2][0].T) * (1 - h2 ** 2)
             g2w, g2b = h1.T @ d2, d2.sum(0)
@@ -251,6 +253,7 @@ def main():
     parser.add_argument("--test-runs", type=int, default=96, help="held-out runs (another seed)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20260611)
+    parser.add_argument("--over", type=float, default=3.0, help="weight of advising too fast in the loss")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline")
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     args = parser.parse_args()
@@ -263,7 +266,7 @@ def main():
     print(f"simulating {args.test_runs} held-out runs (seed {args.seed + 1})", flush=True)
     Xt, yt, base_t, _ = situations(np.random.default_rng(args.seed + 1), args.test_runs)
     print(f"{len(y)} training and {len(yt)} held-out situations ({time.time() - t_start:.0f} s)", flush=True)
-    params, mean, std = train(np.random.default_rng(args.seed + 2), X, y, args.epochs)
+    params, mean, std = train(np.random.default_rng(args.seed + 2), X, y, args.epochs, over=args.over)
     pred_t = predict(params, Xt, mean, std)
     lo, hi = X.min(0), X.max(0)
     onnx_path = os.path.join(args.out, "speed_advisor.onnx")

@@ -122,7 +122,11 @@ impl Store {
     }
 
     /// Like [`Store::open`], with a page cache of `cache_bytes`.
-    pub fn open_with_cache(path: &Path, retention: u64, cache_bytes: usize) -> Result<Store, StoreError> {
+    pub fn open_with_cache(
+        path: &Path,
+        retention: u64,
+        cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)

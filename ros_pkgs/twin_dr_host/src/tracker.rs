@@ -556,7 +556,18 @@ pub struct UpdateStats {
     pub born: usize,
     /// Tracks deleted.
     pub deleted: usize,
+    /// Detections near a confirmed track that gave no new track.
+    pub suppressed: usize,
+    /// Confirmed tracks removed as duplicates of an older one.
+    pub merged: usize,
 }
+
+/// Squared Mahalanobis distance (position, 2 degrees of freedom) within which no track is
+/// born next to a confirmed one: the 99.99 % quantile.
+pub const BIRTH_EXCLUSION: f64 = 18.42;
+
+/// Largest speed difference of two confirmed tracks that are one object [m/s].
+pub const DUPLICATE_SPEED_DIFFERENCE: f64 = 2.0;
 
 /// The multi-object tracker.
 #[derive(Debug, Clone)]
@@ -666,13 +677,78 @@ impl Tracker {
                 stats.assigned += 1;
             }
         }
+        let before_births = self.tracks.len();
         for (j, meas) in measurements.iter().enumerate() {
-            if !assigned_measurement[j] {
-                self.birth(t, meas);
-                stats.born += 1;
+            if assigned_measurement[j] {
+                continue;
+            }
+            // A detection just outside a confirmed track's gate (about 1 in 100 falls
+            // there) or a second detection of its object in one frame is not a new object:
+            // no track is born within BIRTH_EXCLUSION of a confirmed one.
+            let near_confirmed = self.tracks[..before_births].iter().any(|tr| {
+                tr.status == TrackStatus::Confirmed && {
+                    let (p, pc) = tr.filter.position();
+                    let d = meas.position - p;
+                    d.norm_squared() <= BIRTH_EXCLUSION * (pc.trace() + meas.position_cov.trace())
+                        && mahalanobis(d, pc + meas.position_cov) <= BIRTH_EXCLUSION
+                }
+            });
+            if near_confirmed {
+                stats.suppressed += 1;
+                continue;
+            }
+            self.birth(t, meas);
+            stats.born += 1;
+        }
+        stats.merged = self.merge_duplicates();
+        stats
+    }
+
+    /// Removes confirmed tracks that follow the same object as an older confirmed track:
+    /// positions within each other's 99 % gate and velocities within
+    /// [`DUPLICATE_SPEED_DIFFERENCE`]. The older track (more updates) keeps its id.
+    fn merge_duplicates(&mut self) -> usize {
+        let n = self.tracks.len();
+        let mut remove = vec![false; n];
+        for a in 0..n {
+            if remove[a] || self.tracks[a].status != TrackStatus::Confirmed {
+                continue;
+            }
+            let (pa, ca) = self.tracks[a].filter.position();
+            let va = self.tracks[a].filter.velocity();
+            for b in a + 1..n {
+                if remove[b] || self.tracks[b].status != TrackStatus::Confirmed {
+                    continue;
+                }
+                let (pb, cb) = self.tracks[b].filter.position();
+                let d = pa - pb;
+                if d.norm_squared() > GATE_2D * (ca.trace() + cb.trace())
+                    || (va - self.tracks[b].filter.velocity()).norm() > DUPLICATE_SPEED_DIFFERENCE
+                    || mahalanobis(d, ca + cb) > GATE_2D
+                {
+                    continue;
+                }
+                let younger = if self.tracks[a].hits >= self.tracks[b].hits {
+                    b
+                } else {
+                    a
+                };
+                remove[younger] = true;
+                if younger == a {
+                    break;
+                }
             }
         }
-        stats
+        let merged = remove.iter().filter(|r| **r).count();
+        if merged > 0 {
+            let mut k = 0;
+            self.tracks.retain(|_| {
+                let keep = !remove[k];
+                k += 1;
+                keep
+            });
+        }
+        merged
     }
 
     fn birth(&mut self, t: f64, m: &Measurement) {
@@ -833,6 +909,35 @@ mod tests {
             "a car moving becomes CTRV"
         );
         assert_eq!(tracks[0].class(), DetectedObject::CLASS_CAR);
+    }
+
+    #[test]
+    fn no_track_is_born_beside_a_confirmed_one_and_duplicates_merge() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        for k in 0..10 {
+            tracker.update(
+                k as f64 * 0.1,
+                &[meas(10.0, 0.0, DetectedObject::CLASS_CAR)],
+            );
+        }
+        let id = tracker.confirmed().next().unwrap().id;
+        // Two detections of the same object in one frame (e.g. a split cluster): the second
+        // does not start a track.
+        let stats = tracker.update(1.0, &[meas(10.0, 0.0, 1), meas(10.0, 0.8, 1)]);
+        assert_eq!((stats.assigned, stats.born, stats.suppressed), (1, 0, 1));
+        // A second object 4 m away is born as usual.
+        let stats = tracker.update(1.1, &[meas(10.0, 0.0, 1), meas(10.0, 4.0, 1)]);
+        assert_eq!(stats.born, 1);
+        // A duplicate confirmed track on the first object (as a late-confirmed tentative
+        // track would be) is merged away; the older id stays.
+        let mut dup = tracker.tracks()[0].clone();
+        dup.id = 999;
+        dup.hits = 3;
+        tracker.tracks.push(dup);
+        let stats = tracker.update(1.2, &[meas(10.0, 0.0, 1), meas(10.0, 4.0, 1)]);
+        assert_eq!(stats.merged, 1);
+        assert!(tracker.tracks().iter().any(|t| t.id == id));
+        assert!(tracker.tracks().iter().all(|t| t.id != 999));
     }
 
     #[test]
