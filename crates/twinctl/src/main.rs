@@ -8,6 +8,12 @@
 //! vehicle (`<data-dir>/<vehicle-id>/audit.log`, see `twin_dr_host::audit`): hash chain,
 //! order, checkpoint signatures, optionally against a pinned public key.
 //!
+//! `twinctl dr list` and `twinctl dr status <vehicle-id>` inspect a running DR host
+//! through its admin endpoint (`twin-dr-host --admin`, 127.0.0.1:9464 by default): which
+//! twins it hosts, active or dormant, and one twin's estimate, advice, counters and link.
+//! A twin is provisioned on a host by writing its DR key into the host's keys directory
+//! (`twinctl provision <vehicle-id> --out <keys-dir>`); the host picks it up by itself.
+//!
 //! Exit status: 0 on success (for `audit verify`: the log is intact), 1 when `audit verify`
 //! found tampering, 2 on usage and I/O errors.
 
@@ -47,6 +53,35 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Inspect a running DR host through its admin endpoint.
+    Dr {
+        #[command(subcommand)]
+        command: DrCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DrCommand {
+    /// Every twin the host holds: active (its vehicle connected) or dormant, with counters.
+    List {
+        /// The host's admin endpoint (`twin-dr-host --admin`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One twin: its estimate of the vehicle, its advice, counters and link.
+    Status {
+        /// The vehicle's id.
+        vehicle: String,
+        /// The host's admin endpoint (`twin-dr-host --admin`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -98,7 +133,142 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json,
                 },
         } => audit_verify(&vehicle, &data_dir, public_key.as_deref(), json),
+        Command::Dr {
+            command: DrCommand::List { admin, json },
+        } => dr_list(&admin, json).map(|()| ExitCode::SUCCESS),
+        Command::Dr {
+            command:
+                DrCommand::Status {
+                    vehicle,
+                    admin,
+                    json,
+                },
+        } => dr_status(&vehicle, &admin, json).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// GETs `path` from the host's admin endpoint and parses the JSON body.
+fn admin_json(admin: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, body) =
+        twin_dr_host::admin::get(admin, path, std::time::Duration::from_secs(5)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the DR host's admin endpoint at {admin}: {e} (is twin-dr-host running with --admin {admin}?)"
+            )
+        })?;
+    match code {
+        200 => serde_json::from_str(&body).map_err(|e| {
+            anyhow::anyhow!("the host at {admin} answered {path} with invalid JSON: {e}")
+        }),
+        _ => anyhow::bail!(
+            "the host at {admin} answered {path} with {code}: {}",
+            body.trim()
+        ),
+    }
+}
+
+fn dr_list(admin: &str, json: bool) -> anyhow::Result<()> {
+    let list = admin_json(admin, "/twins")?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&list)? + "\n"));
+    }
+    let twins = list.as_array().cloned().unwrap_or_default();
+    let active = twins.iter().filter(|t| t["active"] == true).count();
+    let mut text = format!(
+        "{} twins on {admin}: {active} active, {} dormant\n{:<24} {:<8} {:>8} {:>10} {:>10} {:>8}\n",
+        twins.len(),
+        twins.len() - active,
+        "VEHICLE",
+        "STATE",
+        "STATES",
+        "SUMMARIES",
+        "ADVICE",
+        "REFUSED"
+    );
+    for t in &twins {
+        let n = |k: &str| {
+            t[k].as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let state = if t["active"] == true {
+            "active"
+        } else {
+            "dormant"
+        };
+        text += &format!(
+            "{:<24} {:<8} {:>8} {:>10} {:>10} {:>8}\n",
+            t["vehicle"].as_str().unwrap_or("?"),
+            state,
+            n("states"),
+            n("summaries"),
+            n("recommendations"),
+            n("refused")
+        );
+    }
+    emit(&text)
+}
+
+fn dr_status(vehicle: &str, admin: &str, json: bool) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    let doc = admin_json(admin, &format!("/twins/{vehicle}"))?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    let mut text = format!(
+        "twin of {vehicle}: {}\n",
+        if doc["active"] == true {
+            "active (vehicle connected)"
+        } else {
+            "dormant (vehicle away)"
+        }
+    );
+    let e = &doc["estimate"];
+    if e.is_object() {
+        text += &format!(
+            "  estimate: x {:.1} m, y {:.1} m, {:.1} m/s, uncertainty {:.1} m, state {:.1} s old\n",
+            e["x"].as_f64().unwrap_or(f64::NAN),
+            e["y"].as_f64().unwrap_or(f64::NAN),
+            e["speed"].as_f64().unwrap_or(f64::NAN),
+            e["position_sigma"].as_f64().unwrap_or(f64::NAN),
+            e["age"].as_f64().unwrap_or(f64::NAN)
+        );
+    } else {
+        text += "  estimate: none (no vehicle state received yet)\n";
+    }
+    let d = &doc["desired"];
+    if d.is_object() {
+        text += &format!(
+            "  advice: {:.1} m/s ({:.0} km/h), lane {}, {}\n",
+            d["target_speed"].as_f64().unwrap_or(f64::NAN),
+            d["target_speed"].as_f64().unwrap_or(f64::NAN) * 3.6,
+            d["target_lane"],
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    let c = &doc["counters"];
+    text += &format!(
+        "  counters: {} states, {} summaries, {} recommendations, {} regional tiles, {} refused\n  tracks: {}, hazards: {}\n",
+        c["states"], c["summaries"], c["recommendations"], c["regional_tiles"], c["refused"],
+        doc["tracks"], doc["hazards"].as_array().map_or(0, |h| h.len())
+    );
+    let l = &doc["link"];
+    if l.is_object() {
+        text += &format!(
+            "  link: vehicle {}, rtt {} us, {} frames in, {} out, {} refused\n",
+            if l["peer_alive"] == true {
+                "reachable"
+            } else {
+                "gone"
+            },
+            l["rtt"]["smoothed_us"],
+            l["frames_received"],
+            l["frames_sent"],
+            l["rejected"]
+                .as_object()
+                .map_or(0, |r| r.values().filter_map(|v| v.as_u64()).sum::<u64>())
+        );
+    }
+    emit(&text)
 }
 
 fn audit_verify(

@@ -253,3 +253,40 @@ fn audit_verify_errors_name_the_cause_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+#[test]
+fn dr_commands_name_an_unreachable_host_and_bad_ids() {
+    // Nothing listens on a port that was just free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let out = twinctl()
+        .args(["dr", "list", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot reach the DR host's admin endpoint") && err.contains(&admin),
+        "{err}"
+    );
+    let out = twinctl()
+        .args(["dr", "status", "a/b", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("vehicle id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = twinctl()
+        .args(["dr", "list", "--admin", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not-an-address"));
+}

@@ -388,6 +388,46 @@ fn host_wakes_a_twin_that_fuses_plans_and_goes_dormant() {
     assert!(run.metric("twinlink_dr_recommendations_total") >= 30.0);
     assert!(run.metric("twinlink_dr_latency_seconds_count") >= 30.0);
 
+    // The operator's view: twinctl reads the same through the admin endpoint.
+    let twinctl =
+        twinlink_launch::workspace_binary("twinctl").expect("twinctl is built (make build)");
+    let out = Command::new(&twinctl)
+        .args(["dr", "list", "--admin", &run.admin])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{list}");
+    assert!(
+        list.contains("2 twins") && list.contains("1 active"),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("veh-1") && l.contains("active")),
+        "{list}"
+    );
+    let out = Command::new(&twinctl)
+        .args(["dr", "status", "veh-1", "--admin", &run.admin])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && status.contains("active (vehicle connected)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("advice:")
+            && status.contains("vehicle")
+            && status.contains("link: vehicle reachable"),
+        "{status}"
+    );
+    let out = Command::new(&twinctl)
+        .args(["dr", "status", "veh-9", "--admin", &run.admin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
     // Provisioned while running: picked up by the rescan.
     run.provision("veh-3");
     wait_for("veh-3 to be hosted", Duration::from_secs(5), || {
@@ -407,7 +447,7 @@ fn host_wakes_a_twin_that_fuses_plans_and_goes_dormant() {
         "still driving on: {doc}"
     );
     run.stop();
-    // Its history verifies.
+    // Its history verifies, with the library and with twinctl.
     let report = audit::verify(
         &run.dir.join("data").join("veh-1"),
         &VehicleId::new("veh-1").unwrap(),
@@ -415,6 +455,16 @@ fn host_wakes_a_twin_that_fuses_plans_and_goes_dormant() {
     )
     .unwrap();
     assert!(report.is_intact(), "{report:?}");
+    let out = Command::new(&twinctl)
+        .args(["audit", "verify", "veh-1", "--data-dir"])
+        .arg(run.dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
