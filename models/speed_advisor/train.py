@@ -38,6 +38,7 @@ CONTRACT = "speed_advisor/1"
 F = len(ts.FEATURES)
 IX = {name: i for i, name in enumerate(ts.FEATURES)}
 HIDDEN = 32
+C_MAX = 10.0  # the front speed the model can estimate, +-10 m/s
 CANDIDATES = 14  # ego positions tried per run and decision time
 DECIDE_EVERY = 10.0  # s between decision times in a run
 
@@ -82,27 +83,21 @@ def situations(rng, runs, batch=16, log=print):
 
 
 def derived(X):
-    """The two derived inputs (also built in the ONNX graph): the baseline's congestion cap
-    at the region's start as a fraction of the limit, and the region start's apparent
-    speed of travel between the snapshots [m/s], clipped to [-10, 10]."""
-    lim = X[:, IX["speed_limit"]]
-    d = np.maximum(X[:, IX["tail_distance"]] - ts.MARGIN, 0.0)
-    cap = np.sqrt(X[:, IX["jam_speed"]] ** 2 + 2.0 * ts.HARMONIZE * d)
-    cap_ratio = np.minimum(cap / lim, 1.0)
+    """The slow region start's apparent speed of travel between the two snapshots [m/s],
+    clipped to [-10, 10] (also built in the ONNX graph)."""
     motion = (X[:, IX["tail_distance"]] - X[:, IX["tail_distance_prev"]]) / np.maximum(X[:, IX["snapshot_interval"]], 1.0)
-    return cap_ratio, np.clip(motion, -10.0, 10.0)
+    return np.clip(motion, -10.0, 10.0)
 
 
 def inputs(X, mean, std):
-    cap_ratio, motion = derived(X)
-    Z = np.concatenate([(X - mean) / std, cap_ratio[:, None], motion[:, None] / 3.0], axis=1)
-    return Z, cap_ratio
+    return np.concatenate([(X - mean) / std, derived(X)[:, None] / 3.0], axis=1)
 
 
 def init(rng, n_in):
     def layer(i, o):
         return rng.normal(0.0, np.sqrt(1.0 / i), (i, o)), np.zeros(o)
-    return [layer(n_in, HIDDEN), layer(HIDDEN, HIDDEN), layer(HIDDEN, 1)]
+    w3, b3 = layer(HIDDEN, 1)
+    return [layer(n_in, HIDDEN), layer(HIDDEN, HIDDEN), (w3 * 0.1, b3)]
 
 
 def forward(params, Z, keep=False):
@@ -112,16 +107,35 @@ def forward(params, Z, keep=False):
     return (out, (Z, h1, h2)) if keep else out
 
 
-def predict(params, X, mean, std):
-    """Advised speed [m/s], as the ONNX graph computes it."""
-    Z, cap_ratio = inputs(X, mean, std)
-    return (cap_ratio + forward(params, Z)) * X[:, IX["speed_limit"]]
+def front(X, c):
+    """The physics head: the speed from which braking at `harmonize_decel` meets the slow
+    region's front, moving at c [m/s] since the middle of the newest snapshot's window,
+    at the region's speed: c + sqrt((v_jam - c)^2 + 2 b max(d + c (age + window / 2) -
+    margin, 0)), at most the limit. Returns (advice, d advice / d c, capped)."""
+    b = ts.HARMONIZE
+    v = X[:, IX["jam_speed"]]
+    lag = X[:, IX["snapshot_age"]] + 0.5 * X[:, IX["window"]]
+    room = X[:, IX["tail_distance"]] + c * lag - ts.MARGIN
+    pos = room > 0.0
+    q = (v - c) ** 2 + 2.0 * b * np.where(pos, room, 0.0)
+    root = np.sqrt(np.maximum(q, 1e-9))
+    raw = c + root
+    lim = X[:, IX["speed_limit"]]
+    slope = 1.0 + (c - v + np.where(pos, b * lag, 0.0)) / root
+    return np.minimum(raw, lim), slope, raw > lim
+
+
+def predict(params, X, mean, std, with_c=False):
+    """Advised speed [m/s] (and the front speed c), as the ONNX graph computes them."""
+    c = C_MAX * np.tanh(forward(params, inputs(X, mean, std)))
+    advice = front(X, c)[0]
+    return (advice, c) if with_c else advice
 
 
 def train(rng, X, y, epochs, batch=256, lr0=3e-3, delta=0.05, over=1.0, log=print):
     mean, std = X.mean(0), X.std(0) + 1e-6
-    Z, cap_ratio = inputs(X, mean, std)
-    target = y / X[:, IX["speed_limit"]] - cap_ratio
+    Z = inputs(X, mean, std)
+    lim = X[:, IX["speed_limit"]]
     params = init(rng, Z.shape[1])
     flat = [p for layer in params for p in layer]
     m = [np.zeros_like(p) for p in flat]
@@ -134,12 +148,18 @@ def train(rng, X, y, epochs, batch=256, lr0=3e-3, delta=0.05, over=1.0, log=prin
         for k in range(len(Z) // batch):
             idx = order[k * batch:(k + 1) * batch]
             out, (z, h1, h2) = forward(params, Z[idx], keep=True)
-            err = out - target[idx]
-            # Asymmetric Huber loss: advising too fast costs `over` times as much as too
-            # slow (quadratic within delta of the limit, linear beyond).
+            th = np.tanh(out)
+            advice, slope, capped = front(X[idx], C_MAX * th)
+            err = (advice - y[idx]) / lim[idx]
+            # Asymmetric Huber loss on the advice as a fraction of the limit: advising too
+            # fast costs `over` times as much as too slow.
             wgt = np.where(err > 0.0, over, 1.0)
             total += (wgt * np.where(np.abs(err) <= delta, 0.5 * err ** 2, delta * (np.abs(err) - 0.5 * delta))).sum()
-            g = (wgt * np.clip(err, -delta, delta))[:, None] / len(idx)
+            g_adv = wgt * np.clip(err, -delta, delta) / lim[idx]
+            # Above the limit the advice is capped; while it is too fast the gradient still
+            # passes (straight through), so c can come down.
+            g_c = g_adv * slope * np.where(capped & (err <= 0.0), 0.0, 1.0)
+            g = (g_c * C_MAX * (1.0 - th ** 2))[:, None] / len(idx)
             g3w, g3b = h2.T @ g, g.sum(0)
             d2 = (g @ params[2][0].T) * (1 - h2 ** 2)
             g2w, g2b = h1.T @ d2, d2.sum(0)
@@ -163,7 +183,7 @@ def rules(X):
     (clipped to [-7, 3] m/s), or at the textbook -15 km/h of stop-and-go waves."""
     lim = X[:, IX["speed_limit"]]
     out = {}
-    _, motion = derived(X)
+    motion = derived(X)
     for name, c in [("extrapolated", np.clip(motion, -7.0, 3.0)), ("wave_-15kmh", np.full(len(X), -15 / 3.6))]:
         d = X[:, IX["tail_distance"]] + c * X[:, IX["snapshot_age"]]
         out[name] = np.minimum(lim, ts.moving_front_speed(d - ts.MARGIN, X[:, IX["jam_speed"]], c))
@@ -180,45 +200,54 @@ def export_onnx(params, mean, std, ranges, path, meta_extra=None):
         "w1": f32(params[0][0]), "b1": f32(params[0][1]),
         "w2": f32(params[1][0]), "b2": f32(params[1][1]),
         "w3": f32(params[2][0]), "b3": f32(params[2][1]),
-        "margin": f32(ts.MARGIN), "zero": f32(0.0), "one": f32(1.0), "two_b": f32(2.0 * ts.HARMONIZE),
+        "margin": f32(ts.MARGIN), "zero": f32(0.0), "half": f32(0.5), "two_b": f32(2.0 * ts.HARMONIZE),
         "min_interval": f32(1.0), "lo": f32(-10.0), "hi": f32(10.0), "third": f32(1.0 / 3.0),
+        "c_max": f32(C_MAX),
     }
-    col = lambda name: helper.make_node("Gather", ["features", f"i_{name}"], [f"c_{name}"], axis=1)  # noqa: E731
-    for name in ["tail_distance", "tail_distance_prev", "jam_speed", "speed_limit", "snapshot_interval"]:
+    used = ["tail_distance", "tail_distance_prev", "jam_speed", "speed_limit", "snapshot_interval",
+            "snapshot_age", "window"]
+    for name in used:
         inits[f"i_{name}"] = np.array([IX[name]], np.int64)
-    nodes = [col(n) for n in ["tail_distance", "tail_distance_prev", "jam_speed", "speed_limit", "snapshot_interval"]]
+    nodes = [helper.make_node("Gather", ["features", f"i_{n}"], [f"c_{n}"], axis=1) for n in used]
     nodes += [
-        # Baseline cap ratio: min(sqrt(v_jam^2 + 2 b max(d - margin, 0)) / limit, 1).
-        helper.make_node("Sub", ["c_tail_distance", "margin"], ["d_m"]),
-        helper.make_node("Max", ["d_m", "zero"], ["d_pos"]),
-        helper.make_node("Mul", ["d_pos", "two_b"], ["d_2b"]),
-        helper.make_node("Mul", ["c_jam_speed", "c_jam_speed"], ["vj2"]),
-        helper.make_node("Add", ["vj2", "d_2b"], ["cap2"]),
-        helper.make_node("Sqrt", ["cap2"], ["cap"]),
-        helper.make_node("Div", ["cap", "c_speed_limit"], ["cap_r"]),
-        helper.make_node("Min", ["cap_r", "one"], ["cap_ratio"]),
         # Apparent motion of the region's start, clipped, scaled by 1/3.
         helper.make_node("Sub", ["c_tail_distance", "c_tail_distance_prev"], ["moved"]),
         helper.make_node("Max", ["c_snapshot_interval", "min_interval"], ["interval"]),
         helper.make_node("Div", ["moved", "interval"], ["motion_raw"]),
         helper.make_node("Clip", ["motion_raw", "lo", "hi"], ["motion"]),
         helper.make_node("Mul", ["motion", "third"], ["motion_s"]),
-        # Standardized features and the two derived inputs.
+        # Standardized features and the derived input, the MLP, the front speed c.
         helper.make_node("Sub", ["features", "mean"], ["centred"]),
         helper.make_node("Mul", ["centred", "inv_std"], ["standard"]),
-        helper.make_node("Concat", ["standard", "cap_ratio", "motion_s"], ["z"], axis=1),
+        helper.make_node("Concat", ["standard", "motion_s"], ["z"], axis=1),
         helper.make_node("Gemm", ["z", "w1", "b1"], ["a1"]),
         helper.make_node("Tanh", ["a1"], ["h1"]),
         helper.make_node("Gemm", ["h1", "w2", "b2"], ["a2"]),
         helper.make_node("Tanh", ["a2"], ["h2"]),
-        helper.make_node("Gemm", ["h2", "w3", "b3"], ["corr"]),
-        helper.make_node("Add", ["cap_ratio", "corr"], ["ratio"]),
-        helper.make_node("Mul", ["ratio", "c_speed_limit"], ["advice"]),
+        helper.make_node("Gemm", ["h2", "w3", "b3"], ["out"]),
+        helper.make_node("Tanh", ["out"], ["t_out"]),
+        helper.make_node("Mul", ["t_out", "c_max"], ["front_speed"]),
+        # The physics head: min(limit, c + sqrt((v_jam - c)^2 + 2 b max(d + c lag - margin, 0))),
+        # lag = age + window / 2.
+        helper.make_node("Mul", ["c_window", "half"], ["half_window"]),
+        helper.make_node("Add", ["c_snapshot_age", "half_window"], ["lag"]),
+        helper.make_node("Mul", ["front_speed", "lag"], ["moved_since"]),
+        helper.make_node("Add", ["c_tail_distance", "moved_since"], ["d_now"]),
+        helper.make_node("Sub", ["d_now", "margin"], ["room_raw"]),
+        helper.make_node("Max", ["room_raw", "zero"], ["room"]),
+        helper.make_node("Mul", ["room", "two_b"], ["room_2b"]),
+        helper.make_node("Sub", ["c_jam_speed", "front_speed"], ["rel"]),
+        helper.make_node("Mul", ["rel", "rel"], ["rel2"]),
+        helper.make_node("Add", ["rel2", "room_2b"], ["q"]),
+        helper.make_node("Sqrt", ["q"], ["root"]),
+        helper.make_node("Add", ["front_speed", "root"], ["raw"]),
+        helper.make_node("Min", ["raw", "c_speed_limit"], ["advice"]),
     ]
     graph = helper.make_graph(
         nodes, "twinlink_speed_advisor",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", F])],
-        [helper.make_tensor_value_info("advice", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("advice", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("front_speed", TensorProto.FLOAT, ["N", 1])],
         [numpy_helper.from_array(v, k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="twinlink")
     model.ir_version = 8
@@ -230,7 +259,7 @@ def export_onnx(params, mean, std, ranges, path, meta_extra=None):
         "twinlink.arrive_margin": f"{ts.MARGIN}",
         "twinlink.lookahead": f"{ts.LOOKAHEAD}",
         "input": "features float32 [N,13] SI units, order of twinlink.features",
-        "output": "advice float32 [N,1] advised speed now [m/s]",
+        "output": "advice float32 [N,1] advised speed now [m/s]; front_speed float32 [N,1] estimated speed of the slow region's front [m/s], negative upstream",
     }
     meta.update(meta_extra or {})
     for k, v in meta.items():
@@ -299,9 +328,9 @@ def check_export(path, params, mean, std, X):
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"features": X.astype(np.float32)})[0][:, 0]
-    want = predict(params, X.astype(np.float32).astype(np.float64), mean, std)
-    worst = float(np.abs(got - want).max())
+    advice, c = session.run(None, {"features": X.astype(np.float32)})
+    want, want_c = predict(params, X.astype(np.float32).astype(np.float64), mean, std, with_c=True)
+    worst = max(float(np.abs(advice[:, 0] - want).max()), float(np.abs(c[:, 0] - want_c).max()))
     assert worst < 1e-3, worst
     print(f"export check: ONNX Runtime output equals the numpy model's (max difference {worst:.2e} m/s on {len(X)} situations)")
 

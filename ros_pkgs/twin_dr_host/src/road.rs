@@ -483,6 +483,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_demo_road_is_valid() {
+        let spec: RoadSpec = serde_json::from_str(include_str!("../config/demo_road.json")).unwrap();
+        let road = Road::new(spec).unwrap();
+        assert_eq!(road.lanes(), 3);
+        // The demo vehicle drives along y = 0: the middle lane.
+        assert_eq!(road.lane_of(road.to_frenet(100.0, 0.0).d), Some(1));
+        assert!(road.speed_limit_at(3500.0) < road.speed_limit_at(100.0));
+    }
+
+    #[test]
     fn straight_roads_have_a_segment_per_kilometre() {
         let road = Road::straight(2500.0, 3, 30.0).unwrap();
         assert_eq!(road.route_s("seg-2", 100.0), Some(2100.0));

@@ -9,8 +9,10 @@
 //!    then timed round trips.
 //! 3. The vehicle's ROS 2 nodes: LiDAR, radar and camera summarizers and the twin link node,
 //!    started from `launch/vehicle.launch.xml`, fed by an rclpy publisher of LiDAR clouds,
-//!    radar detections, camera images and odometry; their summaries go up the link to a DR,
-//!    whose recommendations come back on ROS.
+//!    radar detections, camera images and odometry; their summaries go up the link to the
+//!    DR host (`twin-dr-host`), whose twin fuses them with a regional traffic tile (a stalled
+//!    vehicle ahead, slow traffic downstream), plans, and sends recommendations back on ROS;
+//!    the twin is read from the host's admin endpoint and its audit log verified.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -69,10 +71,104 @@ fn main() -> Result<()> {
     print_link(&demo);
 
     println!("\ntwinlink demo, part 3: the vehicle's ROS 2 nodes, started from launch/vehicle.launch.xml");
-    println!("(rclpy publishes LiDAR, radar, camera and odometry of a vehicle in traffic; the summaries go up the link to a DR)\n");
+    println!("(rclpy publishes LiDAR, radar, camera and odometry of a vehicle in traffic; the summaries go up the link to");
+    println!(" the DR host, whose twin fuses them with a regional tile and plans; its advice comes back on ROS)\n");
     let vehicle = twinlink_launch::vehicle::run_vehicle_demo(&args.out.join("vehicle"), 8.0)?;
     print_vehicle(&vehicle.drive, &vehicle.dr);
+    print_twin(&vehicle);
     Ok(())
+}
+
+fn print_twin(v: &twinlink_launch::vehicle::VehicleDemo) {
+    let (doc, twins, audit) = (&v.dr, &v.twins, &v.audit);
+    let row = |name: &str, value: String| println!("  {name:<38} {value}");
+    println!("\nthe twin in the DR host (GET /twins/<vehicle> on its admin endpoint):");
+    row(
+        "twins hosted / active",
+        format!(
+            "{} / {}",
+            twins.as_array().map_or(0, |t| t.len()),
+            twins
+                .as_array()
+                .map_or(0, |t| t.iter().filter(|x| x["active"] == true).count())
+        ),
+    );
+    let c = &doc["counters"];
+    row(
+        "states, summaries fused, tiles",
+        format!(
+            "{}, {}, {}",
+            c["states"], c["summaries"], c["regional_tiles"]
+        ),
+    );
+    row(
+        "confirmed tracks (fused LiDAR, radar, camera)",
+        doc["tracks"].to_string(),
+    );
+    if let Some(h) = doc["hazards"].as_array() {
+        for hz in h {
+            row(
+                "hazard known from the region",
+                format!(
+                    "{} at s = {:.0} m, lane {}",
+                    hz["id"].as_str().unwrap_or("?"),
+                    hz["s"].as_f64().unwrap_or(0.0),
+                    hz["lane"]
+                ),
+            );
+        }
+    }
+    let e = &doc["estimate"];
+    row(
+        "estimate of the vehicle",
+        format!(
+            "x {:.1} m, {:.1} m/s, +/- {:.2} m",
+            e["x"].as_f64().unwrap_or(f64::NAN),
+            e["speed"].as_f64().unwrap_or(f64::NAN),
+            e["position_sigma"].as_f64().unwrap_or(f64::NAN)
+        ),
+    );
+    let d = &doc["desired"];
+    let lane_change = match d["lane_change"].as_u64() {
+        Some(1) => "change left",
+        Some(2) => "change right",
+        _ => "keep",
+    };
+    row(
+        "advice now",
+        format!(
+            "{:.1} m/s, lane {} ({lane_change}): {}",
+            d["target_speed"].as_f64().unwrap_or(f64::NAN),
+            d["target_lane"],
+            d["reason"].as_str().unwrap_or("")
+        ),
+    );
+    if let Some(h) = d["horizon"].as_array() {
+        let speeds: Vec<String> = h
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.0}s {:.1}",
+                    p[0].as_f64().unwrap_or(0.0),
+                    p[1].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        row("horizon [s m/s]", speeds.join(", "));
+    }
+    row(
+        "audit log (verified after stop)",
+        format!(
+            "{} records, {} checkpoints, {}",
+            audit["records"],
+            audit["checkpoints"],
+            if audit["intact"] == true {
+                "intact"
+            } else {
+                "NOT intact"
+            }
+        ),
+    );
 }
 
 fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
@@ -112,7 +208,10 @@ fn print_vehicle(d: &serde_json::Value, dr: &serde_json::Value) {
     );
     row(
         "summaries and states applied by the DR",
-        format!("{} / {}", dr["summaries"], dr["states"]),
+        format!(
+            "{} / {}",
+            dr["counters"]["summaries"], dr["counters"]["states"]
+        ),
     );
     row(
         "recommendations published on ROS",
