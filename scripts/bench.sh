@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/bench
 mkdir -p "$OUT"
-cargo build --release -p twinlink-link -p twinctl -p twinlink-vehicle -p twin_link_node --bins >&2
+cargo build --release -p twinlink-link -p twinctl -p twinlink-vehicle -p twin_link_node -p twin_dr_host --bins >&2
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()
@@ -70,6 +70,43 @@ export ROS_DOMAIN_ID=$(( 100 + $$ % 100 ))
 kill -INT "$NODE"; wait "$NODE" 2>/dev/null || true
 kill "${PIDS[-2]}"; wait "${PIDS[-2]}" 2>/dev/null || true
 
+# DR host, ingest: one thread pinned to one core, 50-object summaries through the link,
+# fusion and planning with the ONNX speed advisor (the link alone is the baseline, same run).
+MODEL=models/speed_advisor/speed_advisor.onnx
+MODEL_ARG=(); [ -f "$MODEL" ] && MODEL_ARG=(--model "$MODEL")
+$PIN "$BIN/twin-dr-ingest-bench" --objects 50 --frames 20000 --runs 5 "${MODEL_ARG[@]}" >"$WORK/dr_ingest.json"
+
+# DR host, fleet: 2,000 active twins at 10 Hz and 50,000 idle ones on one host; the load
+# comes from another process. Memory per idle twin: the host's resident set with the whole
+# fleet provisioned (nobody connected) minus the same host with no twin, divided by the
+# number of twins.
+FLEET_ACTIVE=${BENCH_FLEET_ACTIVE:-2000}; FLEET_IDLE=${BENCH_FLEET_IDLE:-50000}
+FLEET_TOTAL=$(( FLEET_ACTIVE + FLEET_IDLE ))
+"$BIN/twin-dr-fleet-bench" provision --active "$FLEET_ACTIVE" --idle "$FLEET_IDLE" --dir "$WORK/fleet" >/dev/null
+mkdir -p "$WORK/no_keys"
+rss_of() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
+metrics() { python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=5).read().decode())' "$1" 2>/dev/null || true; }
+# Waits (at most 5 minutes) until the host at $1 reports $2 twins.
+wait_provisioned() {
+  for _ in $(seq 600); do metrics "$1" | grep -q "^twinlink_dr_provisioned $2\$" && return 0; sleep 0.5; done
+  echo "the DR host at $1 never reported $2 twins" >&2; return 1
+}
+P=$(port); A=127.0.0.1:$(port)
+"$BIN/twin-dr-host" --keys "$WORK/no_keys" --data-dir "$WORK/no_data" --listen "tcp/127.0.0.1:$P" --admin "$A" 2>"$WORK/host_empty.log" & PIDS+=($!)
+wait_provisioned "$A" 0
+sleep 2; RSS_EMPTY=$(rss_of "${PIDS[-1]}")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+P=$(port); A=127.0.0.1:$(port)
+"$BIN/twin-dr-host" --keys "$WORK/fleet/keys" --data-dir "$WORK/fleet/data" --listen "tcp/127.0.0.1:$P" --admin "$A" 2>"$WORK/host_fleet.log" & HOST=$!; PIDS+=($HOST)
+wait_provisioned "$A" "$FLEET_TOTAL"
+sleep 2; RSS_IDLE=$(rss_of "$HOST")
+"$BIN/twin-dr-fleet-bench" load --dir "$WORK/fleet" --connect "tcp/127.0.0.1:$P" --rate-hz 10 --objects 10 \
+  --warmup-s "${BENCH_FLEET_WARMUP_S:-20}" --seconds "${BENCH_FLEET_SECONDS:-30}" >"$WORK/fleet.json" 2>"$WORK/fleet_load.log"
+metrics "$A" >"$WORK/fleet_metrics.txt"
+RSS_LOADED=$(rss_of "$HOST")
+kill "$HOST"; wait "$HOST" 2>/dev/null || true
+echo "{\"rss_empty\": $RSS_EMPTY, \"rss_idle\": $RSS_IDLE, \"rss_loaded\": $RSS_LOADED, \"twins\": $FLEET_TOTAL, \"active\": $FLEET_ACTIVE}" >"$WORK/fleet_mem.json"
+
 python3 - "$OUT/summary.json" "$WORK" <<'PY'
 import json, os, sys
 out, work = sys.argv[1], sys.argv[2]
@@ -85,7 +122,40 @@ drive = load("drive.json")
 lidar = [load(f"lidar_{r}.json") for r in (1, 2, 3)]
 node = load("link_node.json")
 pe_stream = load("pe_stream.json")
+dr_ingest = load("dr_ingest.json")
+fleet = load("fleet.json")
+mem = load("fleet_mem.json")
+# The host's own latency histogram (summary in -> recommendation handed to the link).
+buckets = []
+for line in open(os.path.join(work, "fleet_metrics.txt")):
+    if line.startswith("twinlink_dr_latency_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+def hist_quantile(q):
+    total = buckets[-1][1] if buckets else 0
+    for le, count in buckets:
+        if total and count >= q * total:
+            return le
+    return None
 summary = {}
+summary.update({
+    "dr_ingest_per_core": dr_ingest["dr_ingest_per_core"],
+    "dr_ingest_link_only_per_core": dr_ingest["link_only_ingest_per_core"],
+    "dr_ingest_objects": dr_ingest["objects"],
+    "dr_ingest_model": dr_ingest["model"],
+    "dr_idle_bytes": round((mem["rss_idle"] - mem["rss_empty"]) / mem["twins"]),
+    "dr_idle_twins": mem["twins"],
+    "dr_host_rss_empty_bytes": mem["rss_empty"],
+    "dr_host_rss_idle_fleet_bytes": mem["rss_idle"],
+    "dr_host_rss_loaded_bytes": mem["rss_loaded"],
+    "dr_fleet_p99_ms": fleet["latency_p99_ms"],
+    "dr_fleet_p50_ms": fleet["latency_p50_ms"],
+    "dr_fleet_max_ms": fleet["latency_max_ms"],
+    "dr_fleet_active": fleet["links_up"],
+    "dr_fleet_summaries": fleet["summaries"],
+    "dr_fleet_recommendations": fleet["recommendations"],
+    "dr_fleet_host_p99_ms_upper_bound": None if hist_quantile(0.99) is None else hist_quantile(0.99) * 1e3,
+})
 summary.update({
     "lidar_summarize_ms": round(med(lidar, "lidar_summarize_ms"), 3),
     "lidar_summarize_p90_ms": round(med(lidar, "lidar_summarize_p90_ms"), 3),

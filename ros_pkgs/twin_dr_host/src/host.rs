@@ -24,9 +24,10 @@
 //! in the twin's hash-chained, signed audit log ([`crate::audit`]), written through to the
 //! operating system before the acknowledgement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,52 @@ pub struct HostConfig {
     pub audit: AuditConfig,
     /// Where to serve `/metrics` and `/twins` (None: not served).
     pub admin: Option<SocketAddr>,
+    /// Resilience testing: a message on this stream makes its twin's task panic (the host
+    /// must count it, rebuild the twin and keep every other twin running). `None` in
+    /// production.
+    pub chaos_panic_stream: Option<String>,
+}
+
+/// At most this many refusals a second are logged per twin; the rest are counted (and
+/// always counted in the metrics).
+const LOG_BUDGET: u32 = 5;
+
+/// Rate limit of one twin's warnings.
+struct LogBudget {
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        LogBudget {
+            window: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log one more line now.
+    fn allow(&mut self, vehicle: &str) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                warn!(
+                    vehicle,
+                    suppressed = self.suppressed,
+                    "refusals not logged in the last second (all counted)"
+                );
+            }
+            *self = LogBudget::new();
+        }
+        if self.logged < LOG_BUDGET {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// What one active twin is told by the host.
@@ -98,7 +145,15 @@ struct Slot {
     state: SlotState,
     /// Not woken again before this (after an activation failed).
     backoff_until: Option<Instant>,
+    /// The sequence number the twin's task is applying (`NOT_APPLYING` between messages):
+    /// if the task panics, that message is the poison.
+    applying: Arc<AtomicU64>,
+    /// A message that made the twin panic: quarantined when it arrives again.
+    poison: Option<u64>,
 }
+
+/// `Slot::applying` between messages.
+const NOT_APPLYING: u64 = u64::MAX;
 
 /// What every twin task shares.
 struct Shared {
@@ -181,16 +236,28 @@ pub async fn run(
         let _ = ready.send(admin_addr);
     }
     let mut rescan_tick = tokio::time::interval(config.rescan);
+    // Vehicles whose liveliness token is present: a twin that stopped (a panic, a failed
+    // activation) while its vehicle is still there is woken again.
+    let mut present: HashSet<String> = HashSet::new();
+    let mut retry_tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut refused_files),
+            _ = retry_tick.tick() => {
+                for v in &present {
+                    activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
+                }
+            }
             sample = presence.recv_async() => {
                 let Ok(sample) = sample else { break };
-                if sample.kind() == zenoh::sample::SampleKind::Put {
-                    if let Some(v) = keys::vehicle_of(sample.key_expr().as_str()) {
+                if let Some(v) = keys::vehicle_of(sample.key_expr().as_str()) {
+                    if sample.kind() == zenoh::sample::SampleKind::Put {
+                        present.insert(v.to_string());
                         activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v.as_str());
+                    } else {
+                        present.remove(v.as_str());
                     }
                 }
             }
@@ -223,11 +290,17 @@ pub async fn run(
                     Some(Err(e)) => {
                         let vehicle = task_vehicle.remove(&e.id()).unwrap_or_default();
                         metrics.active.dec();
-                        if e.is_panic() {
-                            metrics.panics.inc();
-                            error!(%vehicle, "twin task panicked; rebuilding it from its durable state");
-                        }
                         if let Some(slot) = slots.get_mut(&vehicle) {
+                            if e.is_panic() {
+                                metrics.panics.inc();
+                                let seq = slot.applying.load(Ordering::Relaxed);
+                                if seq != NOT_APPLYING {
+                                    // Not durable, so the vehicle will resend it: quarantine it
+                                    // then, or the twin would panic again and again.
+                                    slot.poison = Some(seq);
+                                }
+                                error!(%vehicle, message = ?slot.poison, "twin task panicked; rebuilding it from its durable state");
+                            }
                             slot.state = SlotState::Dormant(Box::new(restore(&shared, &vehicle)));
                         }
                     }
@@ -313,6 +386,8 @@ fn rescan(
                         material,
                         state: SlotState::Dormant(Box::new(twin)),
                         backoff_until: None,
+                        applying: Arc::new(AtomicU64::new(NOT_APPLYING)),
+                        poison: None,
                     },
                 );
                 shared.metrics.provisioned.set(slots.len() as i64);
@@ -351,7 +426,15 @@ fn activate(
     slot.backoff_until = Some(Instant::now() + Duration::from_secs(2));
     shared.metrics.activations.inc();
     shared.metrics.active.inc();
-    let handle = tasks.spawn(run_twin(shared.clone(), slot.material.clone(), twin, rx));
+    slot.applying.store(NOT_APPLYING, Ordering::Relaxed);
+    let handle = tasks.spawn(run_twin(
+        shared.clone(),
+        slot.material.clone(),
+        twin,
+        rx,
+        slot.applying.clone(),
+        slot.poison,
+    ));
     task_vehicle.insert(handle.id(), vehicle.to_string());
 }
 
@@ -465,9 +548,19 @@ async fn run_twin(
     material: KeyMaterial,
     mut twin: Box<Twin>,
     mut commands: mpsc::UnboundedReceiver<DrCommand>,
+    applying: Arc<AtomicU64>,
+    poison: Option<u64>,
 ) -> (String, Box<Twin>) {
     let vehicle = material.vehicle.to_string();
-    match twin_loop(&shared, material, &mut twin, &mut commands).await {
+    let run = twin_loop(
+        &shared,
+        material,
+        &mut twin,
+        &mut commands,
+        &applying,
+        poison,
+    );
+    match run.await {
         Ok(()) => {}
         Err(e) => {
             shared.metrics.reject("activation_failed");
@@ -482,6 +575,8 @@ async fn twin_loop(
     material: KeyMaterial,
     twin: &mut Twin,
     commands: &mut mpsc::UnboundedReceiver<DrCommand>,
+    applying: &AtomicU64,
+    poison: Option<u64>,
 ) -> anyhow::Result<()> {
     let c = &shared.config;
     let vehicle_id = material.vehicle.clone();
@@ -512,6 +607,7 @@ async fn twin_loop(
     let mut gone_since = Instant::now();
     let mut last_advice = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut log_budget = LogBudget::new();
     loop {
         tokio::select! {
             event = link.recv() => {
@@ -520,11 +616,16 @@ async fn twin_loop(
                     LinkEvent::Message(d) => {
                         let received = Instant::now();
                         let m = &d.message;
-                        audit.append(
-                            Kind::ExchangeIn,
-                            json!({"stream": m.stream, "type": m.type_name, "seq": d.seq, "bytes": m.payload.len()}),
-                            &m.payload,
-                        )?;
+                        let quarantined = poison == Some(d.seq);
+                        applying.store(d.seq, Ordering::Relaxed);
+                        if !quarantined && c.chaos_panic_stream.as_deref() == Some(m.stream.as_str()) {
+                            panic!("chaos: a message on stream {:?} asks this twin to panic", m.stream);
+                        }
+                        let mut detail = json!({"stream": m.stream, "type": m.type_name, "seq": d.seq, "bytes": m.payload.len()});
+                        if quarantined {
+                            detail["quarantined"] = true.into();
+                        }
+                        audit.append(Kind::ExchangeIn, detail, &m.payload)?;
                         shared.writer.submit(WriteOp {
                             vehicle: vehicle.clone(),
                             incarnation: resume.incarnation,
@@ -532,7 +633,11 @@ async fn twin_loop(
                             message: StoredMessage::of(d.seq, m),
                             notify: durable_tx.clone(),
                         });
-                        if apply(shared, twin, m) {
+                        if quarantined {
+                            // Kept (durable, audited) and counted, never applied again.
+                            shared.metrics.reject("poison_message");
+                            warn!(vehicle = %vehicle, seq = d.seq, stream = %m.stream, "a message that made this twin panic was quarantined");
+                        } else if apply(shared, twin, m, &mut log_budget) {
                             let now = now_us();
                             if let Some(r) = twin.recommend(now as f64 * 1e-6, c.min_horizon) {
                                 let out = to_link(STREAM_RECOMMENDATION, Priority::OwnState, &r, now);
@@ -547,6 +652,7 @@ async fn twin_loop(
                                 last_advice = Instant::now();
                             }
                         }
+                        applying.store(NOT_APPLYING, Ordering::Relaxed);
                     }
                     LinkEvent::PeerUp { .. } => {
                         peer_alive = true;
@@ -605,7 +711,12 @@ async fn twin_loop(
 }
 
 /// Applies one message to the twin; true when it calls for a recommendation (a summary).
-fn apply(shared: &Shared, twin: &mut Twin, m: &twinlink_link::Message) -> bool {
+fn apply(
+    shared: &Shared,
+    twin: &mut Twin,
+    m: &twinlink_link::Message,
+    log: &mut LogBudget,
+) -> bool {
     let t = m.type_name.as_str();
     let result = if t == VehicleState::TYPE_NAME {
         from_link::<VehicleState>(m)
@@ -635,7 +746,9 @@ fn apply(shared: &Shared, twin: &mut Twin, m: &twinlink_link::Message) -> bool {
         }
         Err((reason, text)) => {
             shared.metrics.reject(reason);
-            warn!(vehicle = twin.vehicle(), reason, "{text}");
+            if log.allow(twin.vehicle()) {
+                warn!(vehicle = twin.vehicle(), reason, "{text}");
+            }
             false
         }
     }

@@ -544,3 +544,124 @@ fn kill_9_loses_nothing_the_host_acknowledged() {
     .unwrap();
     assert!(report.is_intact(), "{report:?}");
 }
+
+/// Counts the recommendations that reach `pe` within `within`.
+fn advice_within(rt: &tokio::runtime::Runtime, pe: &mut Link, within: Duration) -> usize {
+    let mut n = 0;
+    recv_until(rt, pe, within, |e| {
+        if let LinkEvent::Message(d) = e {
+            if from_link::<Recommendation>(&d.message).is_ok() {
+                n += 1;
+            }
+        }
+        false
+    });
+    n
+}
+
+#[test]
+fn one_twins_panic_or_garbage_never_stops_another() {
+    let mut run = HostRun::new("isolation");
+    let keys_a = run.provision("veh-a");
+    let keys_b = run.provision("veh-b");
+    run.start(&["--chaos-panic-on-stream", "chaos"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut a = rt.block_on(Link::open(pe_config(&run, keys_a))).unwrap();
+    let mut b = rt.block_on(Link::open(pe_config(&run, keys_b))).unwrap();
+    rt.block_on(a.wait_peer_up(Duration::from_secs(10)))
+        .unwrap();
+    rt.block_on(b.wait_peer_up(Duration::from_secs(10)))
+        .unwrap();
+    let feed = |pe: &Link, vehicle: &str, k: u64| {
+        let t = now_us();
+        let x = 500.0 + k as f64;
+        pe.send(to_link(
+            "state",
+            Priority::OwnState,
+            &state(vehicle, t, x, 20.0),
+            t,
+        ))
+        .unwrap();
+        pe.send(to_link(
+            "objects/lidar_top",
+            Priority::Objects,
+            &lidar(t, &[(30.0, 0.0, 15.0)]),
+            t,
+        ))
+        .unwrap();
+    };
+    // Garbage from a: a payload that claims to be a summary, and a summary in the wrong
+    // frame. Both are refused and counted; a's twin goes on.
+    // (Streams of their own: a newer message of a stream supersedes one still queued.)
+    let mut garbage = to_link(
+        "objects/garbage",
+        Priority::Objects,
+        &lidar(now_us(), &[]),
+        now_us(),
+    );
+    garbage.payload.truncate(7);
+    a.send(garbage).unwrap();
+    let mut wrong = lidar(now_us(), &[(10.0, 0.0, 1.0)]);
+    wrong.header.frame_id = "map".into();
+    a.send(to_link(
+        "objects/map_frame",
+        Priority::Objects,
+        &wrong,
+        now_us(),
+    ))
+    .unwrap();
+    wait_for("the refusals to be counted", Duration::from_secs(5), || {
+        run.metric("twinlink_dr_rejected_total{reason=\"undecodable\"}") >= 1.0
+            && run.metric("twinlink_dr_rejected_total{reason=\"invalid_summary\"}") >= 1.0
+    });
+    for k in 0..10 {
+        feed(&a, "veh-a", k);
+        feed(&b, "veh-b", k);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        advice_within(&rt, &mut a, Duration::from_millis(500)) > 0,
+        "a's twin survived the garbage"
+    );
+    // a's twin panics.
+    a.send(to_link(
+        "chaos",
+        Priority::Info,
+        &state("veh-a", now_us(), 0.0, 0.0),
+        now_us(),
+    ))
+    .unwrap();
+    wait_for("the panic to be counted", Duration::from_secs(5), || {
+        run.metric("twinlink_dr_panics_total") >= 1.0
+    });
+    // b never noticed: its advice keeps coming.
+    for k in 10..30 {
+        feed(&b, "veh-b", k);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        advice_within(&rt, &mut b, Duration::from_millis(300)) >= 10,
+        "b kept its twin"
+    );
+    // a's twin is rebuilt and, its vehicle still being there, woken again.
+    rt.block_on(a.wait_peer_up(Duration::from_secs(15)))
+        .expect("a's twin came back");
+    let mut n = 0;
+    for k in 10..40 {
+        feed(&a, "veh-a", k);
+        std::thread::sleep(Duration::from_millis(50));
+        n += advice_within(&rt, &mut a, Duration::from_millis(1));
+    }
+    n += advice_within(&rt, &mut a, Duration::from_millis(500));
+    assert!(n >= 10, "a's twin answers again ({n})");
+    // The message that made it panic came again (it was never durable) and was quarantined,
+    // not applied: one panic in all.
+    assert_eq!(run.metric("twinlink_dr_panics_total"), 1.0);
+    assert_eq!(
+        run.metric("twinlink_dr_rejected_total{reason=\"poison_message\"}"),
+        1.0
+    );
+    rt.block_on(a.close());
+    rt.block_on(b.close());
+    run.stop();
+}

@@ -47,6 +47,9 @@ struct Args {
     /// Audit checkpoint (signature) every this many records.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
+    /// Resilience testing only: a message on this stream makes its twin's task panic.
+    #[arg(long, hide = true)]
+    chaos_panic_on_stream: Option<String>,
     #[command(flatten)]
     zenoh: ZenohArgs,
 }
@@ -108,6 +111,7 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
             checkpoint_every: args.checkpoint_every,
         },
         admin,
+        chaos_panic_stream: args.chaos_panic_on_stream.clone(),
     })
 }
 
