@@ -484,7 +484,8 @@ mod tests {
 
     #[test]
     fn the_shipped_demo_road_is_valid() {
-        let spec: RoadSpec = serde_json::from_str(include_str!("../config/demo_road.json")).unwrap();
+        let spec: RoadSpec =
+            serde_json::from_str(include_str!("../config/demo_road.json")).unwrap();
         let road = Road::new(spec).unwrap();
         assert_eq!(road.lanes(), 3);
         // The demo vehicle drives along y = 0: the middle lane.
