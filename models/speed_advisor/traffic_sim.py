@@ -3,31 +3,33 @@ upstream, the regional service's tiles over it, the advisor's features (exactly 
 computes them, see `ros_pkgs/twin_dr_host/src/model.rs`) and the hindsight labels.
 
 Traffic. Each run is one lane, 10 km of route (`s` in [0, 10000] m) fed from upstream by
-vehicles at a random inflow (1000-2000 veh/h), driving the IDM with the planner's
-improved free-road term (random time gap 1.2-1.8 s, acceleration 0.8-1.5 m/s^2,
+vehicles at a random inflow (1100-2000 veh/h), driving the IDM with the planner's
+improved free-road term (random time gap 1.2-1.8 s, acceleration 0.6-1.2 m/s^2,
 deceleration 1.5-2.5 m/s^2, desired speed 95-105 % of the limit; 10 % trucks, 12 m long,
-at 85 % of the limit or 22 m/s). One or two
-events make congestion between s = 4.5 and 9 km:
+at 85 % of the limit or 22 m/s). One or two events (40 %, 40 %, 20 %: bottleneck, stop,
+both) make congestion between s = 4.5 and 9 km:
 
 - a bottleneck: vehicles slow to 2-10 m/s over 400 m and keep that speed over the next
-  300 m, for 2-10 minutes (a queue whose tail moves upstream at the shock speed while the
+  300 m, for 2-10 minutes (a queue whose front moves upstream at the shock speed while the
   inflow exceeds the zone's capacity, and dissolves after);
-- a stop: one vehicle brakes to 0-5 m/s for 20-90 s (a stop-and-go wave that travels
-  upstream at about -15 km/h and grows or dies out with the inflow).
+- a stop: one vehicle brakes to 0-3 m/s for 30-120 s (a stop-and-go wave that travels
+  upstream and grows or dies out with the inflow).
 
-Regional service. Every `window` seconds (30-60 s per run) it publishes, for 100 m cells of
-the lane, the mean speed of the probe vehicles (20-100 % of all) over the window and the
-density of all vehicles; the tile's stamp is the window's end and it arrives 1-8 s later;
-5 % of tiles are lost. Cells without a probe are reported at the limit.
+Regional service. Every `window` seconds (30, 40, 50 or 60 s per run) it publishes, for
+100 m cells of the lane, the mean speed of the probe vehicles (20-100 % of all) over the
+window and the density of all vehicles; the tile's stamp is the window's end and it
+arrives 1-8 s later; 5 % of tiles are lost. Cells without a probe are reported at the
+limit.
 
 Labels. For an ego vehicle at `s0` behind vehicle `i` at time `t0`: the slow traffic it
 will meet is the most upstream vehicle ahead of it (index <= i, first in first out)
-slower than 80 % of the limit; its position X(t) - 50 m and the traffic's speed V(t) there
-(the slowest 100 m cell mean over the 500 m from it) are known in hindsight. The label
-is the speed from which a constant deceleration of 0.3 m/s^2 (the planner's
-`harmonize_decel`) meets that front at its speed when it actually gets there: the first
-tau with X(t0 + tau) - s0 - V tau - 0.3 tau^2 / 2 <= 0 gives V + 0.3 tau, capped at the
-limit (the limit when there is no slow traffic to meet within 300 s).
+slower than 80 % of the limit whose two predecessors are too (a jam, not one braking
+vehicle); its position X(t) - 50 m and the traffic's speed V(t) there (the slowest 100 m
+cell mean over the 500 m from it) are known in hindsight. The label is the speed from
+which a constant deceleration of 0.3 m/s^2 (the planner's `harmonize_decel`) meets that
+front at its speed when it actually gets there: the first tau with
+X(t0 + tau) - s0 - V tau - 0.3 tau^2 / 2 <= 0 gives V + 0.3 tau, capped at the limit (the
+limit when there is no slow traffic to meet within 300 s).
 """
 import numpy as np
 
@@ -275,7 +277,11 @@ def moving_front_speed(distance, v_jam, c, b=HARMONIZE):
 def truth(rec_x, rec_v, limit):
     """Per recorded time and vehicle index i: the tail's position and traffic speed for an
     ego behind vehicle i (nan when nothing ahead is slow). Arrays times x vehicles."""
-    slow = rec_v < SLOW_FRACTION * limit
+    # Slow traffic is a jam, not one braking vehicle: a vehicle below 80 % of the limit
+    # with the two ahead of it below too.
+    below = rec_v < SLOW_FRACTION * limit
+    slow = np.zeros_like(below)
+    slow[:, 2:] = below[:, 2:] & below[:, 1:-1] & below[:, :-2]
     n = rec_x.shape[1]
     j = np.where(slow, np.arange(n)[None, :], -1)
     tail = np.maximum.accumulate(j, axis=1)  # most upstream slow vehicle with index <= i

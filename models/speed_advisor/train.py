@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
 """Trains and exports twinlink's congestion speed advisor (models/speed_advisor/speed_advisor.onnx).
 
-The model advises the speed at which to approach the first slow stretch of traffic ahead
-that regional data reports, from the newest two regional snapshots: it sees where the
-slow region started then and now, how slow it was, how long, how dense, how dense and fast
-the traffic feeding it is, and how old the data are, and learns where the slow traffic
-will actually be when the vehicle gets there. Contract `speed_advisor/1`
-(models/README.md): input `features` float32 [N, 13] (traffic_sim.FEATURES, SI units),
-output `advice` float32 [N, 1], the advised speed now [m/s].
+The model advises the speed at which to approach the first slow region of traffic ahead
+that regional data report, from the newest two regional snapshots of the lane: where the
+region started then and now, how slow, long and dense it was, how fast and dense the
+traffic feeding it is, how old the data are. It estimates how fast the region's front
+moves (c, m/s, negative upstream) and the advice follows by physics: the speed from which
+braking at the planner's harmonize_decel meets the moving front at the region's speed.
+Contract `speed_advisor/1` (models/README.md): input `features` float32 [N, 13]
+(traffic_sim.FEATURES, SI units), outputs `advice` float32 [N, 1] (advised speed now,
+m/s) and `front_speed` float32 [N, 1] (c, m/s).
 
 Data: traffic_sim.py (seeded IDM traffic with bottleneck queues and stop-and-go waves,
-the regional service's tiles over it, features exactly as the DR computes them and
-hindsight labels). Training: a 13-32-32-1 MLP with tanh, on the features standardized
-and two derived inputs (the baseline's congestion cap and the slow region's apparent
-speed of travel), predicting the correction to the baseline cap as a fraction of the
-limit; Adam, Huber loss, numpy (float64), seeded. The normalization and the derived
-inputs are part of the ONNX graph, so the model takes the raw features.
+the regional service's tiles over it, the features exactly as the DR computes them, and
+hindsight labels). Network: an MLP 14-32-32-1 with tanh on the standardized features
+that stay constant between two regional updates (not the distances to the region nor the
+data's age, which change while the vehicle drives, so that the estimated front speed and
+the braking profile stay consistent between updates) and the region start's apparent
+speed of travel; c = 10 tanh(output); then the physics head
+    advice = min(limit, c + sqrt((v_jam - c)^2 + 2 b max(d + c (age + window / 2) - margin, 0))).
+Loss: Huber on (advice - label) / limit, advising too fast weighted 3 times (`--over`);
+Adam with cosine decay, numpy float64, seeded (data, initialization, batch order). The
+normalization, the derived input and the physics head are part of the ONNX graph, so the
+model takes the raw features; after export the script checks that ONNX Runtime's output
+equals the numpy model's.
 
-    python models/speed_advisor/train.py            # about 3 min on 2 cores
+    python models/speed_advisor/train.py            # about 1 min on 2 cores
     python models/speed_advisor/train.py --quick    # a smoke run
 
-Needs numpy, onnx and onnxruntime (requirements.txt); scripts/train-env.sh provides them:
+Needs numpy, onnx and onnxruntime (requirements.txt, a subset of the camera detector's, so
+scripts/train-env.sh provides them):
     scripts/train-env.sh python models/speed_advisor/train.py
 """
 import argparse
@@ -39,6 +48,9 @@ F = len(ts.FEATURES)
 IX = {name: i for i, name in enumerate(ts.FEATURES)}
 HIDDEN = 32
 C_MAX = 10.0  # the front speed the model can estimate, +-10 m/s
+# Features the MLP sees (1) or not (0): not the ego's distance to the region now and
+# before, nor the snapshot's age (they change while the vehicle drives).
+MASK = np.array([0.0 if n in ("tail_distance", "tail_distance_prev", "snapshot_age") else 1.0 for n in ts.FEATURES])
 CANDIDATES = 14  # ego positions tried per run and decision time
 DECIDE_EVERY = 10.0  # s between decision times in a run
 
@@ -90,7 +102,12 @@ def derived(X):
 
 
 def inputs(X, mean, std):
-    return np.concatenate([(X - mean) / std, derived(X)[:, None] / 3.0], axis=1)
+    """The MLP's inputs: the standardized features that stay constant between two
+    snapshots (MASK), and the apparent motion. The ego's distance and the data's age enter
+    only through the physics head, so the estimated front speed stays the same while the
+    vehicle drives between two regional updates and the advice follows one consistent
+    braking profile."""
+    return np.concatenate([(X - mean) / std * MASK, derived(X)[:, None] / 3.0], axis=1)
 
 
 def init(rng, n_in):
@@ -202,7 +219,7 @@ def export_onnx(params, mean, std, ranges, path, meta_extra=None):
         "w3": f32(params[2][0]), "b3": f32(params[2][1]),
         "margin": f32(ts.MARGIN), "zero": f32(0.0), "half": f32(0.5), "two_b": f32(2.0 * ts.HARMONIZE),
         "min_interval": f32(1.0), "lo": f32(-10.0), "hi": f32(10.0), "third": f32(1.0 / 3.0),
-        "c_max": f32(C_MAX),
+        "c_max": f32(C_MAX), "mask": f32(MASK),
     }
     used = ["tail_distance", "tail_distance_prev", "jam_speed", "speed_limit", "snapshot_interval",
             "snapshot_age", "window"]
@@ -218,7 +235,8 @@ def export_onnx(params, mean, std, ranges, path, meta_extra=None):
         helper.make_node("Mul", ["motion", "third"], ["motion_s"]),
         # Standardized features and the derived input, the MLP, the front speed c.
         helper.make_node("Sub", ["features", "mean"], ["centred"]),
-        helper.make_node("Mul", ["centred", "inv_std"], ["standard"]),
+        helper.make_node("Mul", ["centred", "inv_std"], ["standard_all"]),
+        helper.make_node("Mul", ["standard_all", "mask"], ["standard"]),
         helper.make_node("Concat", ["standard", "motion_s"], ["z"], axis=1),
         helper.make_node("Gemm", ["z", "w1", "b1"], ["a1"]),
         helper.make_node("Tanh", ["a1"], ["h1"]),
@@ -302,13 +320,20 @@ def main():
     export_onnx(params, mean, std, list(zip(lo, hi)), onnx_path,
                 {"twinlink.seed": str(args.seed), "twinlink.trained_on": f"{len(y)} situations of {args.runs} simulated runs"})
     check_export(onnx_path, params, mean, std, Xt[:2000])
-    held = {"model": summary(pred_t, yt), "baseline_cap": summary(np.minimum(base_t, Xt[:, IX["speed_limit"]]), yt)}
-    for name, pr in rules(Xt).items():
-        held[name] = summary(pr, yt)
+    advisors = {"model": pred_t, "baseline_cap": np.minimum(base_t, Xt[:, IX["speed_limit"]])}
+    advisors.update(rules(Xt))
+    held = {name: summary(pr, yt) for name, pr in advisors.items()}
+    dist = Xt[:, IX["tail_distance"]]
+    by_distance = {}
+    for lo, hi in [(0, 500), (500, 1000), (1000, 2000), (2000, 3000)]:
+        sel = (dist >= lo) & (dist < hi if hi < 3000 else dist <= hi)
+        by_distance[f"{lo}-{hi} m"] = {"situations": int(sel.sum()),
+                                        **{name: round(float(np.abs(pr[sel] - yt[sel]).mean()), 3) for name, pr in advisors.items()}}
     metrics = {
         "contract": CONTRACT, "seed": args.seed, "train_runs": args.runs, "test_runs": args.test_runs,
         "train_situations": int(len(y)), "test_situations": int(len(yt)), "epochs": args.epochs,
         "held_out_advice_error_mps": held,
+        "held_out_mae_by_distance_mps": by_distance,
         "label_mean_mps": round(float(yt.mean()), 3),
         "train_seconds": round(time.time() - t_start),
     }

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod ego;
 pub mod host;
 pub mod metrics;
+pub mod model;
 pub mod planner;
 pub mod road;
 pub mod sequences;

@@ -29,10 +29,21 @@
 //! predicted leader (Gipps' stopping criterion); a lane change is withdrawn when the
 //! target lane has no free gap beside the vehicle. Model outputs (ONNX) pass the same
 //! filter.
+//!
+//! **Speed advisor (optional).** A planner given a learned congestion speed advisor
+//! ([`Planner::with_speed_model`], [`crate::model`]) lets it replace the congestion caps of
+//! the first slow region ahead in a lane where it applies (two regional snapshots that
+//! show the region, features in the model's trained range): the advisor estimates how fast
+//! the region's front moves and caps the speed to meet it, within its safety envelope; the
+//! reason then ends in "(model)". Without one (the default), or where it does not apply,
+//! the baseline above plans.
+
+use std::sync::Arc;
 
 use twinlink_msgs::builtin_interfaces::msg::Time;
 use twinlink_msgs::twin_msgs::msg::{HorizonPoint, Incident, Recommendation};
 
+use crate::model::{CongestionAdvice, ModelError, SpeedModel};
 use crate::world::{Obstacle, WorldModel};
 
 /// IDM parameters.
@@ -261,21 +272,52 @@ fn gap_to(o: &Obstacle, s: f64, len: f64) -> f64 {
     (o.s - o.length / 2.0) - (s + len / 2.0)
 }
 
-/// The baseline planner (IDM + MOBIL + lookahead).
+/// The baseline planner (IDM + MOBIL + lookahead), optionally with a speed advisor.
 #[derive(Debug, Clone, Default)]
 pub struct Planner {
     config: PlannerConfig,
+    /// The learned congestion speed advisor, if configured (shared by every twin).
+    speed_model: Option<Arc<SpeedModel>>,
 }
 
 impl Planner {
     /// A planner with `config`.
     pub fn new(config: PlannerConfig) -> Self {
-        Planner { config }
+        Planner {
+            config,
+            speed_model: None,
+        }
     }
 
     /// The settings.
     pub fn config(&self) -> &PlannerConfig {
         &self.config
+    }
+
+    /// This planner with the congestion speed advisor `model`; refused when the model was
+    /// trained for other planner settings (`harmonize_decel`, `arrive_margin`,
+    /// `lookahead`).
+    pub fn with_speed_model(mut self, model: Arc<SpeedModel>) -> Result<Self, ModelError> {
+        model.check_config(&self.config)?;
+        self.speed_model = Some(model);
+        Ok(self)
+    }
+
+    /// The speed advisor, if configured.
+    pub fn speed_model(&self) -> Option<&Arc<SpeedModel>> {
+        self.speed_model.as_ref()
+    }
+
+    /// The advisor's advice for the vehicle's `lanes` (empty without an advisor; a model
+    /// that fails is logged and the baseline plans).
+    fn advice(&self, world: &WorldModel, lanes: &[i32]) -> Vec<CongestionAdvice> {
+        let Some(model) = &self.speed_model else {
+            return Vec::new();
+        };
+        crate::model::advise(model, world, lanes, &self.config).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "speed advisor failed; planning without it");
+            Vec::new()
+        })
     }
 
     /// The leader the IDM sees in `lane` from `s`: the nearest obstacle, or a virtual one at
@@ -302,21 +344,61 @@ impl Planner {
 
     /// The speed caps at route position `s` in `lane`, as constraints (the limit first).
     pub fn caps(&self, world: &WorldModel, lane: i32, s: f64) -> Vec<Constraint> {
+        self.caps_with(world, lane, s, &self.advice(world, &[lane]))
+    }
+
+    /// [`Planner::caps`] with the advisor's `advice` computed once per plan.
+    fn caps_with(
+        &self,
+        world: &WorldModel,
+        lane: i32,
+        s: f64,
+        advice: &[CongestionAdvice],
+    ) -> Vec<Constraint> {
+        let mut out = Vec::new();
+        self.visit_caps(world, lane, s, advice, |speed, reason_code, reason| {
+            out.push(Constraint {
+                speed,
+                reason_code,
+                reason: reason(),
+            })
+        });
+        out
+    }
+
+    /// The tightest cap at `s` in `lane` [m/s] (no reasons formatted: the horizon and
+    /// MOBIL ask this many times per plan).
+    fn cap_speed(&self, world: &WorldModel, lane: i32, s: f64, advice: &[CongestionAdvice]) -> f64 {
+        let mut tightest = f64::INFINITY;
+        self.visit_caps(world, lane, s, advice, |speed, _, _| {
+            tightest = tightest.min(speed)
+        });
+        tightest
+    }
+
+    /// Calls `visit(speed, reason code, reason)` for each cap at `s` in `lane`, the limit
+    /// first; the reason is formatted only if `visit` asks for it.
+    fn visit_caps(
+        &self,
+        world: &WorldModel,
+        lane: i32,
+        s: f64,
+        advice: &[CongestionAdvice],
+        mut visit: impl FnMut(f64, u8, &dyn Fn() -> String),
+    ) {
         let c = &self.config;
         let road = world.road();
         let limit = road.speed_limit_at(s);
-        let mut out = vec![Constraint {
-            speed: limit,
-            reason_code: Recommendation::REASON_FREE_ROAD,
-            reason: format!("free road, limit {:.0} km/h", limit * 3.6),
-        }];
+        visit(limit, Recommendation::REASON_FREE_ROAD, &|| {
+            format!("free road, limit {:.0} km/h", limit * 3.6)
+        });
         for (d, l) in road.limit_changes_ahead(s, c.lookahead) {
             if l < limit {
-                out.push(Constraint {
-                    speed: arrival_cap(l, d, c.lookahead_decel),
-                    reason_code: Recommendation::REASON_SPEED_LIMIT,
-                    reason: format!("limit {:.0} km/h in {:.0} m", l * 3.6, d),
-                });
+                visit(
+                    arrival_cap(l, d, c.lookahead_decel),
+                    Recommendation::REASON_SPEED_LIMIT,
+                    &|| format!("limit {:.0} km/h in {:.0} m", l * 3.6, d),
+                );
             }
         }
         for h in world.hazards() {
@@ -350,35 +432,50 @@ impl Planner {
             } else {
                 Recommendation::REASON_HAZARD_AHEAD
             };
-            let where_ = if all_lanes {
-                "all lanes".to_string()
-            } else {
-                format!("lane {}", h.lane)
-            };
-            out.push(Constraint {
-                speed: arrival_cap(v_arrive, d - margin, c.lookahead_decel),
-                reason_code: code,
-                reason: format!(
-                    "{} {:.0} m ahead in {}",
-                    hazard_name(h.kind),
-                    d.max(0.0),
-                    where_
-                ),
-            });
+            visit(
+                arrival_cap(v_arrive, d - margin, c.lookahead_decel),
+                code,
+                &|| {
+                    let where_ = if all_lanes {
+                        "all lanes".to_string()
+                    } else {
+                        format!("lane {}", h.lane)
+                    };
+                    format!(
+                        "{} {:.0} m ahead in {}",
+                        hazard_name(h.kind),
+                        d.max(0.0),
+                        where_
+                    )
+                },
+            );
+        }
+        // The advisor's constraint replaces the caps of its slow region.
+        let advised = advice.iter().find(|a| a.lane == lane);
+        if let Some(a) = advised {
+            visit(
+                a.cap_at(s, c),
+                Recommendation::REASON_CONGESTION_AHEAD,
+                &|| a.reason(s),
+            );
         }
         for (d, v) in world.slow_traffic_ahead(lane, s, c.lookahead, limit * 0.8) {
-            out.push(Constraint {
-                speed: arrival_cap(v, d - c.arrive_margin, c.harmonize_decel),
-                reason_code: Recommendation::REASON_CONGESTION_AHEAD,
-                reason: format!(
-                    "traffic at {:.0} km/h {:.0} m ahead in lane {}",
-                    v * 3.6,
-                    d,
-                    lane
-                ),
-            });
+            if advised.is_some_and(|a| a.replaces(s + d)) {
+                continue;
+            }
+            visit(
+                arrival_cap(v, d - c.arrive_margin, c.harmonize_decel),
+                Recommendation::REASON_CONGESTION_AHEAD,
+                &|| {
+                    format!(
+                        "traffic at {:.0} km/h {:.0} m ahead in lane {}",
+                        v * 3.6,
+                        d,
+                        lane
+                    )
+                },
+            );
         }
-        out
     }
 
     /// The speed constraint from the leader in `lane` (a road user or a hazard), if any.
@@ -425,6 +522,17 @@ impl Planner {
     /// MOBIL's verdict for moving from `from` to `to`: `Some(incentive)` when the change is
     /// safe (the incentive may be below the threshold), `None` when it is unsafe.
     pub fn mobil(&self, world: &WorldModel, from: i32, to: i32) -> Option<f64> {
+        self.mobil_with(world, from, to, &self.advice(world, &[from, to]))
+    }
+
+    /// [`Planner::mobil`] with the advisor's `advice` computed once per plan.
+    fn mobil_with(
+        &self,
+        world: &WorldModel,
+        from: i32,
+        to: i32,
+        advice: &[CongestionAdvice],
+    ) -> Option<f64> {
         let c = &self.config;
         let ego = world.ego();
         let (s, len, v) = (ego.s, ego.length, ego.speed);
@@ -432,16 +540,8 @@ impl Planner {
         if !road.has_lane(to) {
             return None;
         }
-        let v0 = self
-            .caps(world, to, s)
-            .iter()
-            .map(|k| k.speed)
-            .fold(f64::INFINITY, f64::min);
-        let v0_old = self
-            .caps(world, from, s)
-            .iter()
-            .map(|k| k.speed)
-            .fold(f64::INFINITY, f64::min);
+        let v0 = self.cap_speed(world, to, s, advice);
+        let v0_old = self.cap_speed(world, from, s, advice);
         // The gap beside the vehicle must be free.
         if let Some(l) = world.leader(to, s - len / 2.0 - 0.01) {
             if gap_to(&l, s, len) < c.idm.min_gap {
@@ -509,11 +609,13 @@ impl Planner {
             road.lane_of(ego.d.clamp(0.0, road.lane_center(road.lanes() as i32 - 1)))
                 .unwrap_or(0)
         };
+        // The advisor runs once per plan, for the lane and its neighbours.
+        let advice = self.advice(world, &[lane, lane + 1, lane - 1]);
         // Lane: the best safe neighbour whose incentive beats the threshold.
         let mut target_lane = lane;
         let mut best = c.mobil.threshold;
         for to in [lane + 1, lane - 1] {
-            if let Some(incentive) = self.mobil(world, lane, to) {
+            if let Some(incentive) = self.mobil_with(world, lane, to, &advice) {
                 if incentive > best {
                     best = incentive;
                     target_lane = to;
@@ -527,10 +629,14 @@ impl Planner {
         };
         // Speed: the tightest constraint of the lane the vehicle is in (and the target
         // lane's, while changing).
-        let mut constraints = self.caps(world, lane, ego.s);
+        let mut constraints = self.caps_with(world, lane, ego.s, &advice);
         constraints.extend(self.following(world, lane, ego.s, ego.length));
         if target_lane != lane {
-            constraints.extend(self.caps(world, target_lane, ego.s).into_iter().skip(1));
+            constraints.extend(
+                self.caps_with(world, target_lane, ego.s, &advice)
+                    .into_iter()
+                    .skip(1),
+            );
             constraints.extend(self.following(world, target_lane, ego.s, ego.length));
         }
         let binding = constraints
@@ -562,7 +668,7 @@ impl Planner {
         } else {
             1.0
         };
-        let horizon = self.horizon(world, lane, target_lane, speed_factor, ctx.horizon);
+        let horizon = self.horizon(world, lane, target_lane, speed_factor, ctx.horizon, &advice);
         let mut plan = Plan {
             target_speed: target,
             target_lane,
@@ -588,6 +694,7 @@ impl Planner {
         lane: i32,
         speed_factor: f64,
         horizon_s: f64,
+        advice: &[CongestionAdvice],
     ) -> Vec<(f64, f64, i32)> {
         let c = &self.config;
         let ego = world.ego();
@@ -609,12 +716,7 @@ impl Planner {
         let old_leader = (from_lane != lane)
             .then(|| world.leader(from_lane, ego.s))
             .flatten();
-        let cap = |lane: i32, s: f64| {
-            self.caps(world, lane, s)
-                .iter()
-                .map(|k| k.speed)
-                .fold(f64::INFINITY, f64::min)
-        };
+        let cap = |lane: i32, s: f64| self.cap_speed(world, lane, s, advice);
         let (mut s, mut v, mut t) = (ego.s, ego.speed.max(0.0), 0.0);
         let dt = 0.25;
         let mut out = Vec::with_capacity(offsets.len());

@@ -148,6 +148,22 @@ pub struct RegionalUpdate {
     pub off_route: usize,
 }
 
+/// The regional traffic of the route as one update cycle left it, kept for models that
+/// compare two snapshots (the congestion speed advisor, [`crate::model`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrafficSnapshot {
+    /// Time the data describe: the tiles' stamp (end of their aggregation window), or the
+    /// time they were applied when unstamped [s since the Unix epoch].
+    pub stamp: f64,
+    /// Aggregation window of the newest tile of the cycle [s].
+    pub window: f64,
+    /// The lane stretches.
+    pub lanes: Vec<LaneSpeed>,
+}
+
+/// Tiles stamped within this of the newest one belong to the same update cycle [s].
+pub const SAME_UPDATE: f64 = 1.0;
+
 /// Smallest k a regional tile may claim (open mobility-data standards use 10; a tile that
 /// claims less is refused, whatever its contributors).
 pub const MIN_K: u32 = 10;
@@ -160,6 +176,12 @@ pub struct WorldModel {
     objects: Vec<Obstacle>,
     traffic: Vec<LaneSpeed>,
     hazards: Vec<Hazard>,
+    // Added for the speed advisor (model.rs): the time of the newest `expire` call (the
+    // time the twin plans for), the stamp and window of the newest regional update cycle,
+    // and the traffic as the cycle before it left it.
+    clock: Option<f64>,
+    traffic_at: Option<(f64, f64)>,
+    previous: Option<TrafficSnapshot>,
 }
 
 fn seconds(t: &Time) -> f64 {
@@ -182,6 +204,9 @@ impl WorldModel {
             objects: Vec::new(),
             traffic: Vec::new(),
             hazards: Vec::new(),
+            clock: None,
+            traffic_at: None,
+            previous: None,
         }
     }
 
@@ -208,6 +233,22 @@ impl WorldModel {
     /// Known regional lane speeds.
     pub fn traffic(&self) -> &[LaneSpeed] {
         &self.traffic
+    }
+
+    /// The time of the newest [`WorldModel::expire`] call: the time the world is brought
+    /// to before planning [s since the Unix epoch].
+    pub fn now(&self) -> Option<f64> {
+        self.clock
+    }
+
+    /// Stamp and window of the newest regional update cycle [s, s].
+    pub fn traffic_stamp(&self) -> Option<(f64, f64)> {
+        self.traffic_at
+    }
+
+    /// The regional traffic as the update cycle before the newest left it.
+    pub fn previous_traffic(&self) -> Option<&TrafficSnapshot> {
+        self.previous.as_ref()
     }
 
     /// Places the vehicle at map position (x, y) with heading `yaw` and speed `speed`
@@ -258,6 +299,7 @@ impl WorldModel {
 
     /// Forgets regional traffic and hazards whose time is up.
     pub fn expire(&mut self, now: f64) {
+        self.clock = Some(now);
         self.traffic.retain(|l| l.expires > now);
         self.hazards.retain(|h| h.expires > now);
     }
@@ -315,6 +357,13 @@ impl WorldModel {
         let mut update = RegionalUpdate::default();
         // Regional data counts for three windows, unless refreshed.
         let expires = now + 3.0 * window;
+        // The data's time: the tile's stamp, or now when it has none (or one from the
+        // future). A tile of a new update cycle keeps the traffic as it was (a snapshot).
+        let stamp = match seconds(&tile.header.stamp) {
+            t if t > 0.0 && t <= now + SAME_UPDATE => t,
+            _ => now,
+        };
+        let mut rolled = false;
         for l in &tile.lanes {
             let (Some(a), Some(b)) = (
                 self.road.route_s(&l.segment_id, l.start_s),
@@ -326,6 +375,21 @@ impl WorldModel {
             if !self.road.has_lane(l.lane_index) {
                 update.off_route += 1;
                 continue;
+            }
+            if !rolled {
+                rolled = true;
+                match self.traffic_at {
+                    Some((at, w)) if stamp > at + SAME_UPDATE => {
+                        self.previous = Some(TrafficSnapshot {
+                            stamp: at,
+                            window: w,
+                            lanes: self.traffic.clone(),
+                        });
+                        self.traffic_at = Some((stamp, window));
+                    }
+                    Some(_) => {}
+                    None => self.traffic_at = Some((stamp, window)),
+                }
             }
             self.traffic
                 .retain(|t| !(t.lane == l.lane_index && t.start_s < b && a < t.end_s));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use twin_dr_host::audit::AuditConfig;
 use twin_dr_host::host::{self, HostConfig};
+use twin_dr_host::model::SpeedModel;
 use twin_dr_host::planner::Planner;
 use twin_dr_host::road::{Road, RoadSpec};
 use twin_dr_host::tracker::TrackerConfig;
@@ -47,6 +48,11 @@ struct Args {
     /// Audit checkpoint (signature) every this many records.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
+    /// ONNX speed advisor (contract speed_advisor/1, e.g.
+    /// models/speed_advisor/speed_advisor.onnx) for approaching congestion known from
+    /// regional data; checked at load. Without it the planner is the IDM/MOBIL baseline.
+    #[arg(long)]
+    speed_model: Option<PathBuf>,
     /// Resilience testing only: a message on this stream makes its twin's task panic.
     #[arg(long, hide = true)]
     chaos_panic_on_stream: Option<String>,
@@ -63,6 +69,19 @@ fn road(path: &Option<PathBuf>) -> anyhow::Result<Road> {
             let spec: RoadSpec = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("--road {}: {e}", p.display()))?;
             Road::new(spec).map_err(|e| anyhow::anyhow!("--road {}: {e}", p.display()))
+        }
+    }
+}
+
+fn planner(model: &Option<PathBuf>) -> anyhow::Result<Planner> {
+    let planner = Planner::default();
+    match model {
+        None => Ok(planner),
+        Some(p) => {
+            let model = SpeedModel::load(p).map_err(|e| anyhow::anyhow!("--speed-model: {e}"))?;
+            planner
+                .with_speed_model(Arc::new(model))
+                .map_err(|e| anyhow::anyhow!("--speed-model {}: {e}", p.display()))
         }
     }
 }
@@ -100,7 +119,7 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         settings: TwinSettings {
             road: Arc::new(road(&args.road)?),
             tracker: TrackerConfig::default(),
-            planner: Planner::default(),
+            planner: planner(&args.speed_model)?,
         },
         idle_after: Duration::from_secs_f64(args.idle_after_s),
         rescan: Duration::from_millis(args.rescan_ms),

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use serde_json::json;
+use twin_dr_host::model::SpeedModel;
 use twin_dr_host::planner::Planner;
 use twin_dr_host::road::Road;
 use twin_dr_host::tracker::TrackerConfig;
@@ -20,7 +21,9 @@ use twin_dr_host::twin::{Twin, TwinSettings};
 use twinlink_link::link::IngestPipeline;
 use twinlink_link::minimal::{from_link, ros_time, to_link};
 use twinlink_link::{KeyMaterial, Priority, VehicleId};
-use twinlink_msgs::twin_msgs::msg::{DetectedObject, PerceptionSummary, VehicleState};
+use twinlink_msgs::twin_msgs::msg::{
+    DetectedObject, LaneTraffic, PerceptionSummary, RegionalTraffic, VehicleState,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "DR ingest (link + fusion + planning) throughput on one thread")]
@@ -90,12 +93,44 @@ fn frame(n: usize, k: usize) -> (VehicleState, PerceptionSummary) {
 }
 
 fn settings(model: &Option<std::path::PathBuf>) -> anyhow::Result<TwinSettings> {
-    let _ = model;
+    let mut planner = Planner::default();
+    if let Some(path) = model {
+        let model = SpeedModel::load(path).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+        planner = planner
+            .with_speed_model(Arc::new(model))
+            .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    }
     Ok(TwinSettings {
         road: Arc::new(Road::straight(200_000.0, 3, LIMIT)?),
         tracker: TrackerConfig::default(),
-        planner: Planner::default(),
+        planner,
     })
+}
+
+/// A regional tile as the regional service publishes one every 30 s: slow traffic (6 m/s)
+/// in every lane over 600 m starting `ahead` metres before the vehicle at `ego_x`, so that
+/// the planner (and the speed advisor) always has a jam to plan for.
+fn tile(ego_x: f64, ahead: f64, stamp_us: u64) -> RegionalTraffic {
+    let start = ego_x + ahead;
+    let mut t = RegionalTraffic::default();
+    t.header.stamp = ros_time(stamp_us);
+    t.tile_id = "bench".into();
+    t.window.sec = 30;
+    t.contributors = 20;
+    t.k_threshold = 10;
+    let segment = (start / 1000.0).floor();
+    t.lanes = (0..3)
+        .map(|lane| LaneTraffic {
+            segment_id: format!("seg-{segment}"),
+            lane_index: lane,
+            start_s: start - segment * 1000.0,
+            end_s: start - segment * 1000.0 + 600.0,
+            mean_speed: 6.0,
+            density: 60.0,
+            flow: 1300.0,
+        })
+        .collect();
+    t
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +140,7 @@ fn main() -> anyhow::Result<()> {
     let mut full = Vec::new();
     let mut link_only = Vec::new();
     let mut tracks = 0usize;
+    let mut model_share = 0.0;
     for _ in 0..args.runs {
         let (pe, dr) = KeyMaterial::generate_pair(&vehicle)?;
         let (mut pipeline, mut sealer) = IngestPipeline::new(pe.clone(), dr.clone())?;
@@ -149,17 +185,30 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(decoded == args.frames * args.objects);
 
         let mut twin = Twin::new("bench", &settings);
+        let mut by_model = 0usize;
         let mut answers = 0usize;
         let begin = Instant::now();
         for f in &frames {
             for d in pipeline.ingest(f) {
                 if d.message.type_name.ends_with("PerceptionSummary") {
                     let s: PerceptionSummary = from_link(&d.message)?;
-                    twin.on_summary(&s).map_err(|e| anyhow::anyhow!("{e}"))?;
                     let now = twinlink_link::minimal::time_us(&s.header.stamp);
+                    let k = ((now - T0_US) / 50_000) as usize;
+                    if k % 600 == 0 {
+                        // Every 30 s a new tile: the jam 1.6 km ahead, moving upstream
+                        // (it was 1.8 km ahead of this place 30 s ago).
+                        let ego_x = 100.0 + 25.0 * k as f64 * 0.05;
+                        let at = now as f64 * 1e-6;
+                        twin.on_regional(&tile(ego_x - 750.0, 1800.0, now - 30_000_000), at - 30.0)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        twin.on_regional(&tile(ego_x, 1600.0, now), at)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    twin.on_summary(&s).map_err(|e| anyhow::anyhow!("{e}"))?;
                     let r = twin
                         .recommend(now as f64 * 1e-6, 5.0)
                         .ok_or_else(|| anyhow::anyhow!("no recommendation"))?;
+                    by_model += usize::from(r.reason.ends_with("(model)"));
                     let sealed =
                         answer_sealer.seal(to_link("recommendation", Priority::OwnState, &r, now));
                     answers += usize::from(!sealed.is_empty());
@@ -176,6 +225,7 @@ fn main() -> anyhow::Result<()> {
             args.frames
         );
         tracks = twin.tracker().confirmed().count();
+        model_share = by_model as f64 / args.frames as f64;
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -188,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             "frames": args.frames,
             "model": args.model.as_ref().map(|p| p.display().to_string()),
             "confirmed_tracks_at_end": tracks,
+            "recommendations_by_model": model_share,
             "dr_ingest_per_core": median(&mut full),
             "link_only_ingest_per_core": median(&mut link_only),
             "runs": full,
