@@ -162,6 +162,10 @@ pub struct LinkConfig {
     pub durable_acks: bool,
     /// Continue an earlier incarnation of this end (after a restart with durable state).
     pub resume: Option<ResumeState>,
+    /// Send each frame at once, outside Zenoh's batching (the lowest latency for one link;
+    /// a host of many links on one session sets it off, so that Zenoh batches their frames
+    /// into fewer writes).
+    pub express: bool,
 }
 
 /// What a restarted link end needs to continue where it left off: its incarnation (so the
@@ -209,6 +213,7 @@ impl LinkConfig {
             fault_seed: 0x7e1c,
             durable_acks: false,
             resume: None,
+            express: true,
         }
     }
 }
@@ -361,7 +366,7 @@ impl Link {
             .declare_publisher(keys.data_from(role))
             .congestion_control(CongestionControl::Block)
             .priority(ZPriority::DataHigh)
-            .express(true)
+            .express(config.express)
             .await
             .map_err(|e| z("publisher", e))?;
         let frames = session

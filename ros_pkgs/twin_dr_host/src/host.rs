@@ -319,6 +319,9 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // Twins that did not stop in time are ended (their acknowledged messages are durable
+    // already); they hold the store writer's queue open until then.
+    tasks.shutdown().await;
     drop(shared);
     writer.stop();
     let _ = session.close().await;
@@ -595,6 +598,8 @@ async fn twin_loop(
     let mut audit = AuditLog::open(&twin_dir(&c.data_dir, &vehicle), &vehicle_id, c.audit)?;
     let mut config = LinkConfig::new(material, c.zenoh.clone());
     config.durable_acks = true;
+    // Thousands of links share the host's session: let Zenoh batch their frames.
+    config.express = false;
     config.resume = Some(resume);
     let mut link = Link::open_on(shared.session.clone(), config).await?;
     audit.append(
