@@ -589,11 +589,10 @@ async fn twin_loop(
             incarnation: r.incarnation,
             rx_next: r.rx_next,
         },
-        _ => {
-            let fresh = ResumeState::fresh();
-            shared.store.set_incarnation(&vehicle, fresh.incarnation)?;
-            fresh
-        }
+        // A new incarnation is recorded with the first message made durable (every write
+        // carries it): until then nothing was acknowledged as applied, and a restart may
+        // as well start another incarnation. No fsync of its own at activation.
+        _ => ResumeState::fresh(),
     };
     let mut audit = AuditLog::open(&twin_dir(&c.data_dir, &vehicle), &vehicle_id, c.audit)?;
     let mut config = LinkConfig::new(material, c.zenoh.clone());

@@ -257,25 +257,6 @@ impl Store {
             .map(|(v, r)| (v, r.rx_next - 1))
             .collect())
     }
-
-    /// Records a new incarnation of `vehicle`'s link end before it receives anything.
-    pub fn set_incarnation(&self, vehicle: &str, incarnation: u64) -> Result<(), StoreError> {
-        let mut record = self.link(vehicle)?.unwrap_or_default();
-        record.incarnation = incarnation;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut link = txn.open_table(LINK).map_err(db_err)?;
-            link.insert(
-                vehicle,
-                postcard::to_stdvec(&record)
-                    .expect("records serialize")
-                    .as_slice(),
-            )
-            .map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(())
-    }
 }
 
 fn decode_message(vehicle: &str, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
