@@ -18,7 +18,7 @@ use twin_dr_host::planner::Planner;
 use twin_dr_host::road::Road;
 use twin_dr_host::tracker::TrackerConfig;
 use twin_dr_host::twin::{Twin, TwinSettings};
-use twinlink_link::link::IngestPipeline;
+use twinlink_link::link::{FrameSealer, IngestPipeline};
 use twinlink_link::minimal::{from_link, ros_time, to_link};
 use twinlink_link::{KeyMaterial, Priority, VehicleId};
 use twinlink_msgs::twin_msgs::msg::{
@@ -133,6 +133,21 @@ fn tile(ego_x: f64, ahead: f64, stamp_us: u64) -> RegionalTraffic {
     t
 }
 
+/// The scene's frames, sealed as the vehicle sends them: its state and the summary, per
+/// 50 ms step.
+fn sealed_frames(sealer: &mut FrameSealer, args: &Args) -> Vec<Vec<u8>> {
+    (0..args.frames)
+        .flat_map(|k| {
+            let (state, summary) = frame(args.objects, k);
+            let t = T0_US + k as u64 * 50_000;
+            [
+                sealer.seal(to_link("state", Priority::OwnState, &state, t)),
+                sealer.seal(to_link("objects/lidar_top", Priority::Objects, &summary, t)),
+            ]
+        })
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let vehicle = VehicleId::new("bench")?;
@@ -146,29 +161,11 @@ fn main() -> anyhow::Result<()> {
         let (mut pipeline, mut sealer) = IngestPipeline::new(pe.clone(), dr.clone())?;
         // The DR's answers are sealed like the vehicle's frames (the same AEAD work).
         let (_, mut answer_sealer) = IngestPipeline::new(pe, dr)?;
-        let frames: Vec<Vec<u8>> = (0..args.frames)
-            .flat_map(|k| {
-                let (state, summary) = frame(args.objects, k);
-                let t = T0_US + k as u64 * 50_000;
-                [
-                    sealer.seal(to_link("state", Priority::OwnState, &state, t)),
-                    sealer.seal(to_link("objects/lidar_top", Priority::Objects, &summary, t)),
-                ]
-            })
-            .collect();
+        let frames = sealed_frames(&mut sealer, &args);
         // Baseline: the link alone (open, decode), a fresh pipeline over the same frames.
         let (pe2, dr2) = KeyMaterial::generate_pair(&vehicle)?;
         let (mut base_pipeline, mut base_sealer) = IngestPipeline::new(pe2, dr2)?;
-        let base_frames: Vec<Vec<u8>> = (0..args.frames)
-            .flat_map(|k| {
-                let (state, summary) = frame(args.objects, k);
-                let t = T0_US + k as u64 * 50_000;
-                [
-                    base_sealer.seal(to_link("state", Priority::OwnState, &state, t)),
-                    base_sealer.seal(to_link("objects/lidar_top", Priority::Objects, &summary, t)),
-                ]
-            })
-            .collect();
+        let base_frames = sealed_frames(&mut base_sealer, &args);
         let begin = Instant::now();
         let mut decoded = 0usize;
         for f in &base_frames {
