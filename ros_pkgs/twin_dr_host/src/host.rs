@@ -229,8 +229,8 @@ pub async fn run(
     let mut slots: HashMap<String, Slot> = HashMap::new();
     let mut tasks: JoinSet<(String, Box<Twin>)> = JoinSet::new();
     let mut task_vehicle: HashMap<tokio::task::Id, String> = HashMap::new();
-    let mut refused_files: HashMap<PathBuf, std::time::SystemTime> = HashMap::new();
-    rescan(&shared, &mut slots, &mut refused_files);
+    let mut scan = ScanState::default();
+    rescan(&shared, &mut slots, &mut scan);
     info!(twins = slots.len(), admin = ?admin_addr, "DR host running");
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -244,7 +244,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut refused_files),
+            _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut scan),
             _ = retry_tick.tick() => {
                 for v in &present {
                     activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
@@ -349,12 +349,33 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
     twin
 }
 
-fn rescan(
-    shared: &Shared,
-    slots: &mut HashMap<String, Slot>,
-    refused: &mut HashMap<PathBuf, std::time::SystemTime>,
-) {
+/// What the keys directory looked like at the last full scan.
+#[derive(Default)]
+struct ScanState {
+    /// Key files refused, with the modification time they had (retried when it changes).
+    refused: HashMap<PathBuf, std::time::SystemTime>,
+    /// The directory's modification time and when it was last read in full.
+    last: Option<(std::time::SystemTime, Instant)>,
+}
+
+/// Longest time between two full reads of the keys directory when its modification time
+/// says nothing changed (a key file rewritten in place does not change it).
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
+
+fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanState) {
     let dir = &shared.config.keys_dir;
+    // With tens of thousands of key files, reading the directory costs: skip it while the
+    // directory is unchanged (a file added, removed or renamed changes its mtime).
+    let dir_mtime = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    if let (Some(now_mtime), Some((seen, at))) = (dir_mtime, scan.last) {
+        if now_mtime == seen && at.elapsed() < FULL_SCAN_EVERY {
+            return;
+        }
+    }
+    if let Some(m) = dir_mtime {
+        scan.last = Some((m, Instant::now()));
+    }
+    let refused = &mut scan.refused;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
