@@ -78,7 +78,9 @@ fn launch(label: &str, file: &str, vehicle_arg: &str) -> Launched {
     }
 }
 
-fn graph(l: &Launched, nodes: &[&str]) -> Value {
+/// The graph as the rclpy peer sees it once `nodes` (names under the vehicle's namespace)
+/// and `topics` (full names) are all on it, or after 40 s.
+fn graph(l: &Launched, nodes: &[&str], topics: &[String]) -> Value {
     let wanted: Vec<String> = nodes
         .iter()
         .map(|n| format!("/{}/{n}", l.vehicle))
@@ -86,7 +88,14 @@ fn graph(l: &Launched, nodes: &[&str]) -> Value {
     l.run
         .run_peer(
             "graph",
-            &["--nodes", &wanted.join(","), "--seconds", "40"],
+            &[
+                "--nodes",
+                &wanted.join(","),
+                "--topics",
+                &topics.join(","),
+                "--seconds",
+                "40",
+            ],
             Duration::from_secs(90),
         )
         .unwrap()
@@ -116,14 +125,7 @@ fn stop_and_check(mut l: Launched) -> Value {
 fn vehicle_launch_brings_up_all_nodes_and_the_link_to_the_twin() {
     let l = launch("launch", "vehicle.launch.xml", "vehicle");
     let vehicle = l.vehicle.clone();
-    let g = graph(
-        &l,
-        &["lidar_summarizer", "radar_summarizer", "twin_link_node"],
-    );
-    let log = std::fs::read_to_string(l.run.dir.join("twinlaunch.log")).unwrap_or_default();
-    assert_eq!(g["all_present"], true, "{g}\n{log}");
-    let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
-    for t in [
+    let expected: Vec<String> = [
         "lidar/points",
         "radar/points",
         "odom",
@@ -136,9 +138,20 @@ fn vehicle_launch_brings_up_all_nodes_and_the_link_to_the_twin() {
         "twin/status",
         "twin/markers",
         "lidar_summarizer/debug/markers",
-    ] {
-        let full = format!("/{vehicle}/{t}");
-        assert!(topics.contains(&full), "{full} missing from {topics:?}");
+    ]
+    .iter()
+    .map(|t| format!("/{vehicle}/{t}"))
+    .collect();
+    let g = graph(
+        &l,
+        &["lidar_summarizer", "radar_summarizer", "twin_link_node"],
+        &expected,
+    );
+    let log = std::fs::read_to_string(l.run.dir.join("twinlaunch.log")).unwrap_or_default();
+    assert_eq!(g["all_present"], true, "{g}\n{log}");
+    let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
+    for full in &expected {
+        assert!(topics.contains(full), "{full} missing from {topics:?}");
     }
     // Let the link node's handshake complete before stopping.
     std::thread::sleep(Duration::from_secs(2));
@@ -153,20 +166,24 @@ fn vehicle_launch_brings_up_all_nodes_and_the_link_to_the_twin() {
 fn carla_and_gazebo_variants_remap_onto_the_simulators_topics() {
     // role_name decides both the namespace and the CARLA topics.
     let l = launch("carla", "vehicle_carla.launch.xml", "role_name");
-    let g = graph(
-        &l,
-        &["lidar_summarizer", "radar_summarizer", "twin_link_node"],
-    );
-    let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
-    for t in [
+    let expected: Vec<String> = [
         "lidar",
         "radar_front",
         "odometry",
         "rgb_front/image",
         "rgb_front/camera_info",
-    ] {
-        let full = format!("/carla/{}/{t}", l.vehicle);
-        assert!(topics.contains(&full), "{full} missing from {topics:?}");
+    ]
+    .iter()
+    .map(|t| format!("/carla/{}/{t}", l.vehicle))
+    .collect();
+    let g = graph(
+        &l,
+        &["lidar_summarizer", "radar_summarizer", "twin_link_node"],
+        &expected,
+    );
+    let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
+    for full in &expected {
+        assert!(topics.contains(full), "{full} missing from {topics:?}");
     }
     assert!(
         !topics.contains(&format!("/{}/lidar/points", l.vehicle)),
@@ -175,7 +192,11 @@ fn carla_and_gazebo_variants_remap_onto_the_simulators_topics() {
     stop_and_check(l);
 
     let l = launch("gazebo", "vehicle_gazebo.launch.xml", "model");
-    let g = graph(&l, &["lidar_summarizer", "twin_link_node"]);
+    let expected = vec![
+        "/lidar/points".to_string(),
+        format!("/model/{}/odometry", l.vehicle),
+    ];
+    let g = graph(&l, &["lidar_summarizer", "twin_link_node"], &expected);
     let topics: Vec<String> = serde_json::from_value(g["topics"].clone()).unwrap();
     assert!(topics.contains(&"/lidar/points".to_string()), "{topics:?}");
     assert!(

@@ -18,7 +18,7 @@ Modes:
   link       publish odometry and summaries at 20 Hz; record the recommendations.
   drive      all sensors of a vehicle in traffic at 10 Hz (camera 5 Hz), for the demo;
              report raw and summary bytes and what the twin sent back.
-  graph      wait until the given nodes are on the graph; report topics and nodes.
+  graph      wait until the given nodes (and topics) are on the graph; report topics and nodes.
 """
 import argparse
 import json
@@ -583,11 +583,15 @@ def run_drive(node, args):
 
 
 def run_graph(node, args):
-    want = set(args.nodes.split(","))
+    # Nodes show up on the graph before all their publishers and subscriptions do: wait
+    # for both the nodes and the topics asked for.
+    want = set(filter(None, args.nodes.split(",")))
+    want_topics = set(filter(None, args.topics.split(",")))
 
     def present():
         names = {ns.rstrip("/") + "/" + n for n, ns in node.get_node_names_and_namespaces()}
-        return want <= names
+        topics = {t for t, _ in node.get_topic_names_and_types()}
+        return want <= names and want_topics <= topics
 
     ok = spin_for(node, args.seconds, present)
     names = sorted(ns.rstrip("/") + "/" + n for n, ns in node.get_node_names_and_namespaces())
@@ -603,6 +607,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--oversized", type=int, default=5000)
     parser.add_argument("--nodes", default="")
+    parser.add_argument("--topics", default="", help="graph: topics to wait for as well, comma-separated")
     args = parser.parse_args()
     rclpy.init()
     node = rclpy.create_node("vehicle_peer", namespace=args.namespace)
