@@ -125,9 +125,18 @@ pub struct LinkConfig {
     pub zenoh: ZenohSettings,
     /// Longest silence before a frame (heartbeat) is sent anyway.
     pub heartbeat: Duration,
-    /// Longest wait of an acknowledgement for outgoing data to ride on (normally it waits
-    /// only for the application's next turn).
+    /// Longest wait of an acknowledgement for outgoing data to ride on (with
+    /// [`LinkConfig::prompt_acks`] it waits only for the application's next turn).
     pub ack_delay: Duration,
+    /// Acknowledge received data as soon as the application had one turn to answer (on by
+    /// default). Off, a standalone acknowledgement waits the whole `ack_delay` for an
+    /// answer to ride on: a host whose answers come from another task sets it off.
+    pub prompt_acks: bool,
+    /// Longest wait of an acknowledgement that only moves the durable point
+    /// ([`Link::confirm_durable`]) for a frame to ride on. It frees the peer's copies, it
+    /// does not stop resending (the received point does that), so it can wait for the next
+    /// answer.
+    pub durable_ack_delay: Duration,
     /// Silence after which the peer counts as gone.
     pub peer_timeout: Duration,
     /// How often the PE retries a handshake while it has no answering DR.
@@ -197,6 +206,8 @@ impl LinkConfig {
             zenoh,
             heartbeat: Duration::from_millis(100),
             ack_delay: Duration::from_millis(1),
+            prompt_acks: true,
+            durable_ack_delay: Duration::from_millis(50),
             peer_timeout: Duration::from_millis(600),
             handshake_retry: Duration::from_millis(300),
             rekey_after: Duration::from_secs(600),
@@ -580,7 +591,7 @@ async fn run(mut engine: Engine, mut io: Io) {
                     let bytes = sample.payload().to_bytes();
                     engine.on_frame(&bytes, Instant::now());
                 }
-                if engine.ack_owed.is_some() {
+                if engine.ack_owed.is_some() && engine.config.prompt_acks {
                     // Give the application one turn to answer, so that the acknowledgement
                     // rides on its answer; then acknowledge in any case.
                     tokio::task::yield_now().await;
@@ -705,12 +716,17 @@ struct Engine {
     pending_handshake: Option<(crypto::PendingHandshake, Instant)>,
     completed_attempts: VecDeque<u64>,
     last_handshake_attempt: Option<Instant>,
+    /// Handshakes started in a row while the DR's token was present and it was merely
+    /// silent (each waits twice as long as the one before).
+    silent_attempts: u32,
     rekey_due: bool,
     peer_alive: bool,
     peer_token_present: bool,
     last_heard: Option<Instant>,
     last_sent: Option<Instant>,
     ack_owed: Option<(u64, Instant)>,
+    /// Since when the durable point moved without a frame telling the peer.
+    durable_owed: Option<Instant>,
     /// The application had its turn: acknowledge now.
     ack_now: bool,
     fault: FaultLayer,
@@ -730,6 +746,11 @@ struct Engine {
 
 const MAX_SEEN_SESSIONS: usize = 4096;
 const MAX_PENDING_SESSIONS: usize = 4;
+/// Longest wait between handshakes while the DR's token is present and it is only silent.
+const SILENT_HANDSHAKE_MAX: Duration = Duration::from_secs(5);
+/// Wait between handshakes while no DR token has been seen (its appearance starts one at
+/// once; these are a probe in case liveliness does not reach this end).
+const NO_TOKEN_HANDSHAKE_RETRY: Duration = Duration::from_secs(2);
 
 impl Engine {
     fn new(config: LinkConfig, events: mpsc::UnboundedSender<LinkEvent>) -> Self {
@@ -769,12 +790,14 @@ impl Engine {
             pending_handshake: None,
             completed_attempts: VecDeque::new(),
             last_handshake_attempt: None,
+            silent_attempts: 0,
             rekey_due: false,
             peer_alive: false,
             peer_token_present: false,
             last_heard: None,
             last_sent: None,
             ack_owed: None,
+            durable_owed: None,
             ack_now: false,
             fault: FaultLayer::new(config.faults.clone(), config.fault_seed),
             controller: Controller::new(config.rate_control),
@@ -806,9 +829,10 @@ impl Engine {
                 None
             }
             Command::ConfirmDurable(seq) => {
-                if self.receiver.confirm_durable(seq) && self.ack_owed.is_none() {
-                    // The acknowledgement moved: tell the sender soon (no RTT echo).
-                    self.ack_owed = Some((0, Instant::now()));
+                if self.receiver.confirm_durable(seq) && self.durable_owed.is_none() {
+                    // The acknowledgement moved: it rides on the next frame, or goes alone
+                    // after `durable_ack_delay`.
+                    self.durable_owed = Some(Instant::now());
                 }
                 None
             }
@@ -909,6 +933,7 @@ impl Engine {
         }
         self.peer_alive = alive;
         if alive {
+            self.silent_attempts = 0;
             self.stats.peer_ups += 1;
             let session = self.current.unwrap_or(0);
             info!(vehicle = %self.vehicle, role = %self.role, session = %format_args!("{session:016x}"), "peer up");
@@ -984,8 +1009,9 @@ impl Engine {
         if !need {
             return None;
         }
-        if let Some(last) = self.last_handshake_attempt {
-            if now.duration_since(last) < self.config.handshake_retry {
+        let silent = self.only_silent();
+        if let Some(last) = self.handshake_clock() {
+            if now.duration_since(last) < self.handshake_interval() {
                 return None;
             }
         }
@@ -1002,6 +1028,9 @@ impl Engine {
             return None;
         }
         self.last_handshake_attempt = Some(now);
+        if silent {
+            self.silent_attempts = self.silent_attempts.saturating_add(1);
+        }
         if self.fault.control().is_cut(now) {
             // The fault layer's cut covers handshakes too: this attempt is lost.
             return None;
@@ -1017,6 +1046,38 @@ impl Engine {
                 warn!(vehicle = %self.vehicle, error = %e, "could not start a handshake");
                 None
             }
+        }
+    }
+
+    /// The PE holds a session, the DR's token is present and no rotation is due: the DR is
+    /// there and only silent (slow, or frames lost). Heartbeats resume the link as soon as it
+    /// answers; handshakes would only add work to a DR that is already behind.
+    fn only_silent(&self) -> bool {
+        self.current.is_some() && self.peer_token_present && !self.rekey_due
+    }
+
+    /// When the wait for the next handshake started: the last attempt, or while the DR is
+    /// only silent the last attempt or the last frame heard, whichever is later.
+    fn handshake_clock(&self) -> Option<Instant> {
+        if self.only_silent() {
+            self.last_handshake_attempt.max(self.last_heard)
+        } else {
+            self.last_handshake_attempt
+        }
+    }
+
+    /// The PE's wait between handshake attempts: `handshake_retry`; twice that, doubling
+    /// with each attempt, while the DR is only silent (up to [`SILENT_HANDSHAKE_MAX`]); and
+    /// [`NO_TOKEN_HANDSHAKE_RETRY`] while no DR token has been seen.
+    fn handshake_interval(&self) -> Duration {
+        let base = self.config.handshake_retry;
+        if self.only_silent() {
+            let doubled = base.saturating_mul(2u32 << self.silent_attempts.min(8));
+            doubled.min(SILENT_HANDSHAKE_MAX.max(base))
+        } else if !self.peer_token_present {
+            base.max(NO_TOKEN_HANDSHAKE_RETRY)
+        } else {
+            base
         }
     }
 
@@ -1049,6 +1110,7 @@ impl Engine {
             self.stats.rekeys += 1;
         }
         self.current = Some(id);
+        self.silent_attempts = 0;
         self.stats.sessions_established += 1;
         info!(vehicle = %self.vehicle, role = %self.role, session = %format_args!("{id:016x}"), "session established");
     }
@@ -1292,11 +1354,15 @@ impl Engine {
                 // rides on the application's answer instead of costing a frame of its own.
                 let ack_due = self.ack_owed.is_some_and(|(_, received)| {
                     self.ack_now || now.duration_since(received) >= self.config.ack_delay
+                }) || self.durable_owed.is_some_and(|since| {
+                    now.duration_since(since) >= self.config.durable_ack_delay
                 });
                 if items.is_empty() && !ack_due && !idle {
                     break;
                 }
                 self.ack_now = false;
+                // Every frame carries the acknowledgement, the durable point included.
+                self.durable_owed = None;
                 let ack = self
                     .ack_owed
                     .take()
@@ -1344,6 +1410,9 @@ impl Engine {
         if let Some((_, received)) = self.ack_owed {
             wake = wake.min(received + self.config.ack_delay);
         }
+        if let Some(since) = self.durable_owed {
+            wake = wake.min(since + self.config.durable_ack_delay);
+        }
         if let Some(t) = self.pacing_until {
             wake = wake.min(t);
         }
@@ -1354,8 +1423,8 @@ impl Engine {
         }
         if self.role == Role::Pe && (self.current.is_none() || !self.peer_alive || self.rekey_due) {
             let retry = self
-                .last_handshake_attempt
-                .map_or(now, |t| t + self.config.handshake_retry);
+                .handshake_clock()
+                .map_or(now, |t| t + self.handshake_interval());
             wake = wake.min(retry);
         }
         wake.max(now + Duration::from_micros(50))

@@ -615,11 +615,20 @@ async fn twin_loop(
         // as well start another incarnation. No fsync of its own at activation.
         _ => ResumeState::fresh(),
     };
-    let mut audit = AuditLog::open(&twin_dir(&c.data_dir, &vehicle), &vehicle_id, c.audit)?;
+    // A first activation creates the twin's signing key and log (fsyncs): off the runtime's
+    // workers, so that other twins' messages do not wait behind it.
+    let (dir, id, audit_settings) = (twin_dir(&c.data_dir, &vehicle), vehicle_id.clone(), c.audit);
+    let mut audit =
+        tokio::task::spawn_blocking(move || AuditLog::open(&dir, &id, audit_settings)).await??;
     let mut config = LinkConfig::new(material, c.zenoh.clone());
     config.durable_acks = true;
     // Thousands of links share the host's session: let Zenoh batch their frames.
     config.express = false;
+    // Acknowledgements ride on the twin's answer (made on another task) and the durable
+    // point on the next answer, rather than costing frames of their own.
+    config.prompt_acks = false;
+    config.ack_delay = Duration::from_millis(5);
+    config.durable_ack_delay = Duration::from_millis(250);
     config.resume = Some(resume);
     let mut link = Link::open_on(shared.session.clone(), config).await?;
     audit.append(

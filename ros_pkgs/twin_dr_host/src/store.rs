@@ -17,34 +17,38 @@
 //! with `Durability::Immediate` (fsync), after which each twin is told how far it is
 //! durable. A commit serves the whole host, so thousands of twins share each fsync.
 //!
-//! Tables (keys are the vehicle id, with the stream or the sequence number):
+//! Tables:
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `link` | vehicle | [`LinkRecord`] (postcard) |
-//! | `latest` | (vehicle, stream) | [`StoredMessage`] (postcard) |
-//! | `inbox` | (vehicle, seq) | [`StoredMessage`] (postcard), the newest `retention` per twin |
+//! | `twins` | vehicle | [`TwinRecord`] (postcard): the link record and the newest message of every stream |
+//! | `journal` | host-wide entry number | [`JournalEntry`] (postcard): every message, the newest `retention` of the host |
+//!
+//! The journal is append-only: a commit adds its messages at the end of one B-tree and
+//! drops the oldest at its start, so it writes a few pages however many twins the batch
+//! spans (a table keyed by vehicle and sequence number wrote about one page per message
+//! once thousands of twins were active). Each twin's record is written once per commit.
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use twinlink_link::Message;
 
-const LINK: TableDefinition<&str, &[u8]> = TableDefinition::new("link");
-const LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("latest");
-const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 /// Page cache of the database unless configured otherwise (redb's own default is 1 GiB,
 /// too much beside thousands of twins).
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-/// Messages kept per twin in the inbox unless configured otherwise.
-pub const DEFAULT_RETENTION: u64 = 256;
+/// Messages kept in the host's journal unless configured otherwise (about 40 s of 2,000
+/// twins sending 12 messages a second).
+pub const DEFAULT_RETENTION: u64 = 1_000_000;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,7 @@ pub struct StoredMessage {
     /// When the vehicle created it [µs since the Unix epoch].
     pub created_us: u64,
     /// CDR payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -107,16 +112,36 @@ impl StoredMessage {
     }
 }
 
+/// What the store keeps of one twin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinRecord {
+    /// Where its link stands.
+    pub link: LinkRecord,
+    /// The newest message of every stream, oldest first.
+    pub latest: Vec<StoredMessage>,
+}
+
+/// One message in the host's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The twin that received it.
+    pub vehicle: String,
+    /// The message.
+    pub message: StoredMessage,
+}
+
 /// The host's database.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
     retention: u64,
+    /// The next journal entry number and the number of entries, kept by the writer.
+    journal: Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 impl Store {
     /// Opens (or creates) the database at `path`, keeping the newest `retention` messages
-    /// of each twin in the inbox, with a page cache of [`DEFAULT_CACHE_BYTES`].
+    /// of the host in its journal, with a page cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path, retention: u64) -> Result<Store, StoreError> {
         Self::open_with_cache(path, retention, DEFAULT_CACHE_BYTES)
     }
@@ -132,60 +157,63 @@ impl Store {
             .create(path)
             .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(LINK).map_err(db_err)?;
-        txn.open_table(LATEST).map_err(db_err)?;
-        txn.open_table(INBOX).map_err(db_err)?;
+        txn.open_table(TWINS).map_err(db_err)?;
+        let (next, len) = {
+            let journal = txn.open_table(JOURNAL).map_err(db_err)?;
+            let next = journal
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(k, _)| k.value() + 1);
+            (next, journal.len().map_err(db_err)?)
+        };
         txn.commit().map_err(db_err)?;
         Ok(Store {
             db: Arc::new(db),
             retention: retention.max(1),
+            journal: Arc::new(std::sync::Mutex::new((next, len))),
         })
+    }
+
+    /// Everything kept of `vehicle`, if it ever received anything durable.
+    pub fn twin(&self, vehicle: &str) -> Result<Option<TwinRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TWINS).map_err(db_err)?;
+        let Some(v) = table.get(vehicle).map_err(db_err)? else {
+            return Ok(None);
+        };
+        decode_twin(vehicle, v.value()).map(Some)
     }
 
     /// The link record of `vehicle`, if it ever received anything durable.
     pub fn link(&self, vehicle: &str) -> Result<Option<LinkRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(LINK).map_err(db_err)?;
-        let Some(v) = table.get(vehicle).map_err(db_err)? else {
-            return Ok(None);
-        };
-        postcard::from_bytes(v.value())
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: "link",
-                vehicle: vehicle.into(),
-                source,
-            })
+        Ok(self.twin(vehicle)?.map(|t| t.link))
     }
 
     /// The newest stored message of every stream of `vehicle`, oldest first.
     pub fn latest(&self, vehicle: &str) -> Result<Vec<StoredMessage>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(LATEST).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.range((vehicle, "")..).map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            if k.value().0 != vehicle {
-                break;
-            }
-            out.push(decode_message(vehicle, v.value())?);
-        }
-        out.sort_by_key(|m| m.seq);
-        Ok(out)
+        Ok(self.twin(vehicle)?.map(|t| t.latest).unwrap_or_default())
     }
 
-    /// Stored messages of `vehicle` with sequence numbers from `from` on, in order.
+    /// Messages of `vehicle` still in the journal with sequence numbers from `from` on, in
+    /// order. Reads the whole journal (for inspection and tests, not for a twin's path).
     pub fn messages(&self, vehicle: &str, from: u64) -> Result<Vec<StoredMessage>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(INBOX).map_err(db_err)?;
+        let table = txn.open_table(JOURNAL).map_err(db_err)?;
         let mut out = Vec::new();
-        for entry in table
-            .range((vehicle, from)..=(vehicle, u64::MAX))
-            .map_err(db_err)?
-        {
+        for entry in table.iter().map_err(db_err)? {
             let (_, v) = entry.map_err(db_err)?;
-            out.push(decode_message(vehicle, v.value())?);
+            let e: JournalEntry =
+                postcard::from_bytes(v.value()).map_err(|source| StoreError::Corrupt {
+                    what: "journal",
+                    vehicle: vehicle.into(),
+                    source,
+                })?;
+            if e.vehicle == vehicle && e.message.seq >= from {
+                out.push(e.message);
+            }
         }
+        out.sort_by_key(|m| m.seq);
+        out.dedup_by_key(|m| m.seq);
         Ok(out)
     }
 
@@ -193,75 +221,84 @@ impl Store {
     /// number.
     pub fn commit(&self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
         use std::collections::HashMap;
+        // One writer at a time (the writer thread; tests may call this directly).
+        let mut journal_state = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut next, mut len) = *journal_state;
         let txn = self.db.begin_write().map_err(db_err)?;
-        // Per twin: its newest link record; per (twin, stream): the newest message. Each is
-        // written once per transaction, however many messages the batch holds.
-        let mut records: HashMap<&str, (Arc<str>, LinkRecord)> = HashMap::new();
-        let mut newest: HashMap<(&str, &str), &StoredMessage> = HashMap::new();
+        // Per twin: its newest link record and the newest message of each stream of the
+        // batch; each twin's record is then read, merged and written once.
+        let mut touched: HashMap<&str, (Arc<str>, LinkRecord, Vec<&StoredMessage>)> =
+            HashMap::new();
         {
-            let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
+            let mut journal = txn.open_table(JOURNAL).map_err(db_err)?;
+            let mut buf = Vec::new();
             for op in ops {
                 let v: &str = &op.vehicle;
-                let bytes = postcard::to_stdvec(&op.message).expect("stored messages serialize");
-                inbox
-                    .insert((v, op.message.seq), bytes.as_slice())
-                    .map_err(db_err)?;
-                if op.message.seq >= self.retention {
-                    inbox
-                        .remove((v, op.message.seq - self.retention))
-                        .map_err(db_err)?;
-                }
-                newest
-                    .entry((v, op.message.stream.as_str()))
-                    .and_modify(|m| {
-                        if op.message.seq > m.seq {
-                            *m = &op.message
-                        }
-                    })
-                    .or_insert(&op.message);
+                buf.clear();
+                buf =
+                    postcard::to_extend(&(v, &op.message), buf).expect("journal entries serialize");
+                journal.insert(next, buf.as_slice()).map_err(db_err)?;
+                next += 1;
+                len += 1;
                 let record = LinkRecord {
                     incarnation: op.incarnation,
                     rx_next: op.message.seq + 1,
                     recommendation_seq: op.recommendation_seq,
                 };
-                records
+                let (_, r, newest) = touched
                     .entry(v)
-                    .and_modify(|(_, r)| {
-                        if record.rx_next > r.rx_next {
-                            *r = record
-                        }
-                    })
-                    .or_insert((op.vehicle.clone(), record));
+                    .or_insert_with(|| (op.vehicle.clone(), record, Vec::new()));
+                if record.rx_next > r.rx_next {
+                    *r = record;
+                }
+                match newest.iter_mut().find(|m| m.stream == op.message.stream) {
+                    Some(m) if op.message.seq > m.seq => *m = &op.message,
+                    Some(_) => {}
+                    None => newest.push(&op.message),
+                }
             }
-            let mut latest = txn.open_table(LATEST).map_err(db_err)?;
-            for ((v, stream), m) in &newest {
-                let bytes = postcard::to_stdvec(*m).expect("stored messages serialize");
-                latest
-                    .insert((*v, *stream), bytes.as_slice())
-                    .map_err(db_err)?;
+            while len > self.retention {
+                if journal.pop_first().map_err(db_err)?.is_none() {
+                    len = 0;
+                    break;
+                }
+                len -= 1;
             }
-            let mut link = txn.open_table(LINK).map_err(db_err)?;
-            for (v, (_, record)) in &records {
-                link.insert(
-                    *v,
-                    postcard::to_stdvec(record)
-                        .expect("records serialize")
-                        .as_slice(),
-                )
-                .map_err(db_err)?;
+            let mut twins = txn.open_table(TWINS).map_err(db_err)?;
+            for (v, (_, link, newest)) in &touched {
+                let mut record = match twins.get(*v).map_err(db_err)? {
+                    Some(old) => decode_twin(v, old.value())?,
+                    None => TwinRecord::default(),
+                };
+                // A newer incarnation replaces the old record; within one, the link moves
+                // forward only.
+                if record.link.incarnation != link.incarnation || link.rx_next > record.link.rx_next
+                {
+                    record.link = *link;
+                }
+                for m in newest {
+                    match record.latest.iter_mut().find(|o| o.stream == m.stream) {
+                        Some(o) => *o = (*m).clone(),
+                        None => record.latest.push((*m).clone()),
+                    }
+                }
+                record.latest.sort_by_key(|m| m.seq);
+                let bytes = postcard::to_stdvec(&record).expect("twin records serialize");
+                twins.insert(*v, bytes.as_slice()).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)?;
-        Ok(records
+        *journal_state = (next, len);
+        Ok(touched
             .into_values()
-            .map(|(v, r)| (v, r.rx_next - 1))
+            .map(|(v, r, _)| (v, r.rx_next - 1))
             .collect())
     }
 }
 
-fn decode_message(vehicle: &str, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
+fn decode_twin(vehicle: &str, bytes: &[u8]) -> Result<TwinRecord, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
-        what: "message",
+        what: "twin",
         vehicle: vehicle.into(),
         source,
     })

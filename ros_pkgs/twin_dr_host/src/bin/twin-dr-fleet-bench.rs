@@ -6,7 +6,9 @@
 //!   Zenoh session, sending its state and a perception summary at `--rate-hz`; each
 //!   recommendation that comes back is matched to the newest summary sent before the twin
 //!   made it, and the time from sending that summary to receiving the advice is recorded.
-//!   Prints percentiles as JSON.
+//!   The vehicles first bring their links up (handshakes, the host waking their twins) and
+//!   start sending together once all are up (or after `--up-within`); the time that took
+//!   is reported as `links_up_s`. Prints percentiles as JSON.
 
 // Messages are built field by field from defaults, as ROS users write them.
 #![allow(clippy::field_reassign_with_default)]
@@ -66,7 +68,10 @@ enum Cmd {
         /// `twin_link_node`'s `state_rate` decimates odometry).
         #[arg(long, default_value_t = 5)]
         state_every: u64,
-        /// Seconds before measuring (twins wake, links come up).
+        /// Longest wait for every link to come up before the load starts anyway.
+        #[arg(long, default_value_t = 120.0)]
+        up_within: f64,
+        /// Seconds of load before measuring.
         #[arg(long, default_value_t = 10.0)]
         warmup_s: f64,
         /// Seconds measured.
@@ -133,6 +138,13 @@ fn summary(t_us: u64, t: f64, objects: usize) -> PerceptionSummary {
     s
 }
 
+/// When the load is measured, microseconds since the epoch.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_from_us: u64,
+    until_us: u64,
+}
+
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
@@ -150,8 +162,7 @@ async fn vehicle(
     rate_hz: f64,
     objects: usize,
     state_every: u64,
-    measure_from_us: u64,
-    until_us: u64,
+    mut go: tokio::sync::watch::Receiver<Option<Window>>,
     tally: Arc<Mutex<Tally>>,
 ) -> anyhow::Result<()> {
     let name = keys.vehicle.to_string();
@@ -159,8 +170,16 @@ async fn vehicle(
     // Thousands of vehicles on one session (one process here): Zenoh batches their frames.
     config.express = false;
     let mut link = Link::open_on(session, config).await?;
-    link.wait_peer_up(Duration::from_secs(60)).await?;
+    link.wait_peer_up(Duration::from_secs(600)).await?;
     tally.lock().unwrap().links_up += 1;
+    // Wait for the others; answers to the heartbeats keep the link up meanwhile.
+    let window = loop {
+        tokio::select! {
+            w = go.wait_for(Option::is_some) => break (*w?).expect("checked by wait_for"),
+            event = link.recv() => if event.is_none() { anyhow::bail!("the link stopped") },
+        }
+    };
+    let (measure_from_us, until_us) = (window.measure_from_us, window.until_us);
     let period = Duration::from_secs_f64(1.0 / rate_hz);
     // Spread the vehicles over the period.
     tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
@@ -225,10 +244,15 @@ async fn load(
     rate_hz: f64,
     objects: usize,
     state_every: u64,
+    up_within: f64,
     warmup_s: f64,
     seconds: f64,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(state_every >= 1, "--state-every must be at least 1");
+    anyhow::ensure!(
+        up_within >= 0.0 && warmup_s >= 0.0 && seconds > 0.0,
+        "--up-within and --warmup-s must be at least 0 and --seconds above 0"
+    );
     anyhow::ensure!(
         rate_hz > 0.0 && rate_hz <= 100.0,
         "--rate-hz must be in (0, 100]"
@@ -249,8 +273,7 @@ async fn load(
         .await
         .map_err(|e| anyhow::anyhow!("zenoh: {e}"))?;
     let start = now_us();
-    let measure_from = start + (warmup_s * 1e6) as u64;
-    let until = measure_from + (seconds * 1e6) as u64;
+    let (go_tx, go) = tokio::sync::watch::channel(None);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for k in keys.iter().cloned() {
@@ -261,11 +284,23 @@ async fn load(
             rate_hz,
             objects,
             state_every,
-            measure_from,
-            until,
+            go.clone(),
             tally.clone(),
         ));
     }
+    // Start the load once every link is up (or the wait is over).
+    let up_deadline = start + (up_within * 1e6) as u64;
+    while tally.lock().unwrap().links_up < keys.len() as u64 && now_us() < up_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load_from = now_us();
+    let links_up_s = (load_from - start) as f64 * 1e-6;
+    let links_up_at_start = tally.lock().unwrap().links_up;
+    let measure_from_us = load_from + (warmup_s * 1e6) as u64;
+    go_tx.send_replace(Some(Window {
+        measure_from_us,
+        until_us: measure_from_us + (seconds * 1e6) as u64,
+    }));
     let mut failures = 0;
     while let Some(r) = tasks.join_next().await {
         if !matches!(r, Ok(Ok(()))) {
@@ -277,7 +312,8 @@ async fn load(
     println!(
         "{}",
         json!({
-            "vehicles": keys.len(), "links_up": t.links_up, "failed": failures,
+            "vehicles": keys.len(), "links_up": t.links_up, "links_up_at_start": links_up_at_start,
+            "links_up_s": links_up_s, "failed": failures,
             "rate_hz": rate_hz, "objects": objects, "state_every": state_every, "seconds": seconds,
             "summaries": t.summaries, "recommendations": t.recommendations, "unmatched": t.unmatched,
             "latency_p50_ms": p50 as f64 / 1e3, "latency_p99_ms": p99 as f64 / 1e3, "latency_max_ms": max as f64 / 1e3,
@@ -297,6 +333,7 @@ fn main() -> anyhow::Result<()> {
             rate_hz,
             objects,
             state_every,
+            up_within,
             warmup_s,
             seconds,
         } => tokio::runtime::Runtime::new()?.block_on(load(
@@ -305,6 +342,7 @@ fn main() -> anyhow::Result<()> {
             rate_hz,
             objects,
             state_every,
+            up_within,
             warmup_s,
             seconds,
         )),
