@@ -163,6 +163,7 @@ async fn vehicle(
     objects: usize,
     state_every: u64,
     mut go: tokio::sync::watch::Receiver<Option<Window>>,
+    give_up_after: Duration,
     tally: Arc<Mutex<Tally>>,
 ) -> anyhow::Result<()> {
     let name = keys.vehicle.to_string();
@@ -170,7 +171,8 @@ async fn vehicle(
     // Thousands of vehicles on one session (one process here): Zenoh batches their frames.
     config.express = false;
     let mut link = Link::open_on(session, config).await?;
-    link.wait_peer_up(Duration::from_secs(600)).await?;
+    // A vehicle whose twin never answers gives up when the run ends (counted as failed).
+    link.wait_peer_up(give_up_after).await?;
     tally.lock().unwrap().links_up += 1;
     // Wait for the others; answers to the heartbeats keep the link up meanwhile.
     let window = loop {
@@ -285,6 +287,7 @@ async fn load(
             objects,
             state_every,
             go.clone(),
+            Duration::from_secs_f64(up_within + warmup_s + seconds),
             tally.clone(),
         ));
     }

@@ -39,7 +39,7 @@ struct Args {
     /// How often the keys directory is rescanned [ms].
     #[arg(long, default_value_t = 2000)]
     rescan_ms: u64,
-    /// Messages kept per twin in the durable inbox (the newest ones).
+    /// Messages kept in the host's durable journal (the newest ones, all twins together).
     #[arg(long, default_value_t = twin_dr_host::store::DEFAULT_RETENTION)]
     retention: u64,
     /// Page cache of the durable store [MiB].
