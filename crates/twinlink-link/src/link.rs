@@ -1507,3 +1507,84 @@ impl FrameSealer {
             .expect("frames within limits seal")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VehicleId;
+
+    /// A PE engine and a DR engine for the same vehicle, without Zenoh.
+    fn engines() -> (Engine, Engine) {
+        let vehicle = VehicleId::new("veh-pace").unwrap();
+        let (pe, dr) = KeyMaterial::generate_pair(&vehicle).unwrap();
+        let zenoh = ZenohSettings::peer_listening("tcp/127.0.0.1:0");
+        let (pe_events, _) = mpsc::unbounded_channel();
+        let (dr_events, _) = mpsc::unbounded_channel();
+        (
+            Engine::new(LinkConfig::new(pe, zenoh.clone()), pe_events),
+            Engine::new(LinkConfig::new(dr, zenoh), dr_events),
+        )
+    }
+
+    /// Runs the PE's handshake against the DR at `now`; panics if none was due.
+    fn handshake(pe: &mut Engine, dr: &mut Engine, now: Instant) {
+        let (id, first) = pe.wants_handshake(now).expect("a handshake is due");
+        let answer = dr.on_handshake_query(&first, now).expect("the DR answers");
+        pe.on_handshake_outcome(HandshakeOutcome::Answer(id, answer), now);
+        assert_eq!(pe.current, Some(id), "the session is established");
+    }
+
+    #[test]
+    fn handshakes_wait_for_the_drs_token_and_back_off_while_it_is_only_silent() {
+        let (mut pe, mut dr) = engines();
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+
+        // No DR token yet: one attempt, then only a slow probe.
+        let (id, _) = pe.wants_handshake(t0).expect("first attempt at once");
+        pe.on_handshake_outcome(HandshakeOutcome::NoAnswer(id), t0 + ms(5));
+        assert!(
+            pe.wants_handshake(t0 + ms(400)).is_none(),
+            "no token: no 300 ms retry"
+        );
+        assert!(
+            pe.wants_handshake(t0 + ms(2_100)).is_some(),
+            "no token: probe after 2 s"
+        );
+
+        // The token appears: a handshake at once, which succeeds.
+        pe.pending_handshake = None;
+        pe.on_peer_presence(true, t0 + ms(2_200));
+        handshake(&mut pe, &mut dr, t0 + ms(2_200));
+        pe.last_heard = Some(t0 + ms(2_300));
+
+        // The DR goes silent with its token still there: no handshake while it is within
+        // twice the retry of the last frame, then one; the next waits twice as long.
+        let heard = t0 + ms(2_300);
+        pe.poll(heard + ms(700));
+        assert!(!pe.peer_alive, "silent longer than the peer timeout");
+        assert!(pe.wants_handshake(heard + ms(500)).is_none());
+        let first = heard + ms(700);
+        let (id, _) = pe.wants_handshake(first).expect("after 600 ms of silence");
+        pe.on_handshake_outcome(HandshakeOutcome::NoAnswer(id), first + ms(1_000));
+        assert!(pe.wants_handshake(first + ms(1_100)).is_none(), "1.2 s now");
+        let second = first + ms(1_250);
+        let (id, _) = pe.wants_handshake(second).expect("after 1.2 s");
+        pe.on_handshake_outcome(HandshakeOutcome::NoAnswer(id), second + ms(1_000));
+        assert!(
+            pe.wants_handshake(second + ms(2_300)).is_none(),
+            "2.4 s now"
+        );
+        assert!(pe.wants_handshake(second + ms(2_450)).is_some());
+
+        // The token goes and comes back (a restarted DR): a handshake at once.
+        let later = second + ms(5_000);
+        pe.pending_handshake = None;
+        pe.on_peer_presence(false, later);
+        pe.on_peer_presence(true, later);
+        assert!(
+            pe.wants_handshake(later).is_some(),
+            "a restarted DR: at once"
+        );
+    }
+}
