@@ -10,6 +10,8 @@
 //! twinlink/v1/twin/<vehicle>/sync           DR queryable: handshake, key rotation, catch-up
 //! twinlink/v1/twin/<vehicle>/alive/pe       liveliness token of the PE
 //! twinlink/v1/twin/<vehicle>/alive/dr       liveliness token of the DR
+//! twinlink/v1/twin/*/...                    the same for every vehicle: a link hub's
+//!                                           wildcard declarations (crate::hub)
 //! twinlink/v1/relay/<from>/<to>             inter-twin relay, DR -> DR (reserved)
 //! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
 //!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
@@ -250,7 +252,21 @@ pub fn region(tile: &RegionTile, category: &str) -> Result<OwnedKeyExpr, KeyErro
 
 /// The liveliness tokens of every PE.
 pub fn any_pe_alive() -> OwnedKeyExpr {
-    key(format!("{ROOT}/twin/*/alive/pe"))
+    any_alive(Role::Pe)
+}
+
+/// The liveliness tokens of every twin's `role` end.
+pub fn any_alive(role: Role) -> OwnedKeyExpr {
+    key(format!("{ROOT}/twin/*/alive/{}", role.as_str()))
+}
+
+/// The data frames that every twin's `from` end sends (PE: `up`, DR: `down`).
+pub fn any_data_from(from: Role) -> OwnedKeyExpr {
+    let direction = match from {
+        Role::Pe => "up",
+        Role::Dr => "down",
+    };
+    key(format!("{ROOT}/twin/*/{direction}"))
 }
 
 /// The handshake keys of every twin.
@@ -336,6 +352,12 @@ mod tests {
         assert!(any_pe_alive().includes(&t.alive(Role::Pe)));
         assert!(!any_pe_alive().intersects(&t.alive(Role::Dr)));
         assert!(any_sync().includes(&t.sync()));
+        for role in [Role::Pe, Role::Dr] {
+            assert!(any_alive(role).includes(&t.alive(role)));
+            assert!(!any_alive(role).intersects(&t.alive(role.peer())));
+            assert!(any_data_from(role).includes(&t.data_from(role)));
+            assert!(!any_data_from(role).intersects(&t.data_from(role.peer())));
+        }
         let tile = RegionTile::new("120_33").unwrap();
         let traffic = region(&tile, "traffic").unwrap();
         assert!(any_region("traffic").unwrap().includes(&traffic));

@@ -10,11 +10,13 @@
 //!   retransmission, in-order exactly-once delivery.
 //! - [`fault`]: drop, duplicate, reorder, delay, cut and throttle, for tests and demos.
 //! - [`link`]: a link end on a Zenoh session, with presence and key rotation.
+//! - [`hub`]: one set of wildcard declarations for the many link ends of a host.
 
 pub mod bandwidth;
 pub mod cli;
 pub mod crypto;
 pub mod fault;
+pub mod hub;
 pub mod inclusion;
 pub mod keys;
 pub mod link;
@@ -26,6 +28,7 @@ pub mod sync;
 
 pub use crypto::{KeyMaterial, Rejection};
 pub use fault::{FaultControl, FaultPlan};
+pub use hub::LinkHub;
 pub use keys::{Role, TwinKeys, VehicleId};
-pub use link::{Link, LinkConfig, LinkEvent, LinkStats, ZenohSettings};
+pub use link::{Link, LinkConfig, LinkEnd, LinkEvent, LinkStats, ZenohSettings};
 pub use sync::{Delivered, Message, Priority, PushOutcome};

@@ -24,13 +24,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
-use zenoh::handlers::FifoChannel;
 use zenoh::qos::{CongestionControl, Priority as ZPriority};
 use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::sample::SampleKind;
+use zenoh::Wait;
 
 use crate::crypto::{self, KeyMaterial, Rejection, Session};
 use crate::fault::{FaultControl, FaultLayer, FaultPlan, FaultStats};
+use crate::hub::{inbound_queue, Inbound, LinkHub, Outlet, Registration};
 use crate::keys::{Role, TwinKeys};
 use crate::protocol::{self, Envelope, PathReport, SyncState};
 use crate::rate::{Controller, PathEstimate, PathMeter, RateControl};
@@ -304,6 +305,10 @@ pub struct LinkStats {
     /// carries it, over the newest messages.
     #[serde(default)]
     pub egress: EgressStats,
+    /// Frames dropped on arrival because this end had [`crate::hub::MAX_QUEUED_FRAMES`]
+    /// waiting already (the peer resends them).
+    #[serde(default)]
+    pub inbound_dropped: u64,
 }
 
 /// Percentiles of the time messages spend in this end before leaving on Zenoh.
@@ -341,7 +346,9 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// One end of a twin's intra-twin link.
+/// One end of a twin's intra-twin link, run by a task of its own: the application talks to
+/// it through channels, from any task. [`LinkEnd`] is the same end driven by its owner's
+/// task instead (no channel hop per message).
 pub struct Link {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
@@ -353,79 +360,40 @@ pub struct Link {
 impl Link {
     /// Joins Zenoh and starts the link end described by `config`.
     pub async fn open(config: LinkConfig) -> anyhow::Result<Link> {
-        let session = zenoh::open(config.zenoh.to_config()?)
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
-        Self::start(session, config, true).await
+        let session = open_session(&config).await?;
+        Self::spawn(session, config, Attach::Own { owns_session: true }).await
     }
 
-    /// Starts the link end on an existing Zenoh session, shared with other link ends (a DR
-    /// host runs one session for all its twins); closing the link leaves the session open.
+    /// Starts the link end on an existing Zenoh session, shared with other link ends, with
+    /// declarations of its own; closing the link leaves the session open.
     pub async fn open_on(session: zenoh::Session, config: LinkConfig) -> anyhow::Result<Link> {
-        Self::start(session, config, false).await
+        Self::spawn(
+            session,
+            config,
+            Attach::Own {
+                owns_session: false,
+            },
+        )
+        .await
     }
 
-    async fn start(
+    /// Starts the link end on `hub`'s session, receiving through the hub's declarations (a
+    /// host of many link ends on one session: see [`crate::hub`]).
+    pub async fn open_in(hub: &LinkHub, config: LinkConfig) -> anyhow::Result<Link> {
+        Self::spawn(hub.session().clone(), config, Attach::Hub(hub.clone())).await
+    }
+
+    async fn spawn(
         session: zenoh::Session,
         config: LinkConfig,
-        owns_session: bool,
+        attach: Attach,
     ) -> anyhow::Result<Link> {
-        let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
-        let role = config.material.role;
-        let keys = TwinKeys::new(config.material.vehicle.clone());
-        let publisher = session
-            .declare_publisher(keys.data_from(role))
-            .congestion_control(CongestionControl::Block)
-            .priority(ZPriority::DataHigh)
-            .express(config.express)
-            .await
-            .map_err(|e| z("publisher", e))?;
-        let frames = session
-            .declare_subscriber(keys.data_from(role.peer()))
-            .with(FifoChannel::new(8192))
-            .await
-            .map_err(|e| z("subscriber", e))?;
-        let token = session
-            .liveliness()
-            .declare_token(keys.alive(role))
-            .await
-            .map_err(|e| z("liveliness token", e))?;
-        let peer_presence = session
-            .liveliness()
-            .declare_subscriber(keys.alive(role.peer()))
-            .history(true)
-            .await
-            .map_err(|e| z("liveliness subscriber", e))?;
-        let queryable = if role == Role::Dr {
-            Some(
-                session
-                    .declare_queryable(keys.sync())
-                    .with(FifoChannel::new(256))
-                    .await
-                    .map_err(|e| z("queryable", e))?,
-            )
-        } else {
-            None
-        };
-        let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
-        let (hs_tx, hs_rx) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let role = config.material.role;
         let faults = config.faults.clone();
-        let engine = Engine::new(config, event_tx);
-        let io = Io {
-            session,
-            owns_session,
-            keys,
-            publisher,
-            frames,
-            peer_presence,
-            queryable,
-            _token: token,
-            hs_tx,
-            hs_rx,
-            command_rx,
-        };
-        let task = tokio::spawn(run(engine, io));
+        let end = LinkEnd::start(session, config, attach, event_tx).await?;
+        let task = tokio::spawn(run_task(end, command_rx));
         Ok(Link {
             commands,
             events,
@@ -508,7 +476,8 @@ impl Link {
         &self.faults
     }
 
-    /// Stops the link: the liveliness token goes, the Zenoh session closes.
+    /// Stops the link: the liveliness token goes, the Zenoh session closes if the link
+    /// opened it.
     pub async fn close(mut self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Close(tx)).is_ok() {
@@ -528,133 +497,425 @@ impl Drop for Link {
     }
 }
 
+async fn open_session(config: &LinkConfig) -> anyhow::Result<zenoh::Session> {
+    zenoh::open(config.zenoh.to_config()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))
+}
+
+/// The task behind a [`Link`].
+async fn run_task(mut end: LinkEnd, mut command_rx: mpsc::UnboundedReceiver<Command>) {
+    let mut close_reply = None;
+    'run: loop {
+        tokio::select! {
+            running = end.turn() => {
+                if !running {
+                    break;
+                }
+                if end.engine.ack_owed.is_some() && end.engine.config.prompt_acks {
+                    // Give the application one turn to answer, so that the acknowledgement
+                    // rides on its answer; then acknowledge in any case.
+                    tokio::task::yield_now().await;
+                    while let Ok(command) = command_rx.try_recv() {
+                        if let Some(reply) = end.handle(command) {
+                            close_reply = Some(reply);
+                            break 'run;
+                        }
+                    }
+                    end.engine.ack_now = true;
+                }
+            }
+            command = command_rx.recv() => {
+                let Some(command) = command else { break };
+                let mut next = Some(command);
+                // Take every command already queued, so that messages share frames.
+                while let Some(command) = next {
+                    if let Some(reply) = end.handle(command) {
+                        close_reply = Some(reply);
+                        break 'run;
+                    }
+                    next = command_rx.try_recv().ok();
+                }
+            }
+        }
+    }
+    end.shut().await;
+    if let Some(reply) = close_reply {
+        let _ = reply.send(());
+    }
+}
+
+/// How a link end receives: declarations of its own, or a hub's.
+enum Attach {
+    Own { owns_session: bool },
+    Hub(LinkHub),
+}
+
+/// Declarations a link end made for itself (undeclared when dropped).
+struct OwnDeclarations {
+    _presence: zenoh::pubsub::Subscriber<()>,
+    _queryable: Option<zenoh::query::Queryable<()>>,
+}
+
 struct Io {
     session: zenoh::Session,
     owns_session: bool,
     keys: TwinKeys,
     publisher: zenoh::pubsub::Publisher<'static>,
-    frames: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
-    peer_presence:
-        zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
-    queryable:
-        Option<zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>>,
-    _token: zenoh::liveliness::LivelinessToken,
+    inbound: Outlet,
+    frames: Option<zenoh::pubsub::Subscriber<()>>,
+    _own: Option<OwnDeclarations>,
+    _registration: Option<Registration>,
+    token: Option<zenoh::liveliness::LivelinessToken>,
     hs_tx: mpsc::UnboundedSender<HandshakeOutcome>,
     hs_rx: mpsc::UnboundedReceiver<HandshakeOutcome>,
-    command_rx: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Io {
+    fn put(&self, frame: Vec<u8>) {
+        if let Err(e) = self.publisher.put(frame).wait() {
+            warn!(error = %e, "zenoh put failed");
+        }
+    }
+}
+
+/// One end of a twin's intra-twin link, driven by the task that owns it: [`LinkEnd::recv`]
+/// runs the protocol (frames, handshakes, timers) until an event is ready, and
+/// [`LinkEnd::send`] seals and hands frames to Zenoh at once. A host of thousands of
+/// links saves the task switch and channel hop per message that a [`Link`] costs.
+///
+/// `recv` is cancel-safe: a `tokio::select!` that drops it loses nothing.
+pub struct LinkEnd {
+    engine: Engine,
+    io: Io,
+    /// Events for the owner (`None` when a [`Link`]'s task forwards them).
+    events: Option<mpsc::UnboundedReceiver<LinkEvent>>,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Data arrived: the owner gets one turn to answer before the acknowledgement goes.
+    turn_owed: bool,
+    faults: FaultControl,
+    closed: bool,
+}
+
+impl LinkEnd {
+    /// Joins Zenoh and starts the link end described by `config`.
+    pub async fn open(config: LinkConfig) -> anyhow::Result<LinkEnd> {
+        let session = open_session(&config).await?;
+        Self::start_owned(session, config, Attach::Own { owns_session: true }).await
+    }
+
+    /// Starts the link end on an existing Zenoh session, with declarations of its own.
+    pub async fn open_on(session: zenoh::Session, config: LinkConfig) -> anyhow::Result<LinkEnd> {
+        Self::start_owned(
+            session,
+            config,
+            Attach::Own {
+                owns_session: false,
+            },
+        )
+        .await
+    }
+
+    /// Starts the link end on `hub`'s session, receiving through the hub.
+    pub async fn open_in(hub: &LinkHub, config: LinkConfig) -> anyhow::Result<LinkEnd> {
+        Self::start_owned(hub.session().clone(), config, Attach::Hub(hub.clone())).await
+    }
+
+    async fn start_owned(
+        session: zenoh::Session,
+        config: LinkConfig,
+        attach: Attach,
+    ) -> anyhow::Result<LinkEnd> {
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let mut end = Self::start(session, config, attach, event_tx).await?;
+        end.events = Some(events);
+        Ok(end)
+    }
+
+    async fn start(
+        session: zenoh::Session,
+        config: LinkConfig,
+        attach: Attach,
+        event_tx: mpsc::UnboundedSender<LinkEvent>,
+    ) -> anyhow::Result<LinkEnd> {
+        let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
+        let role = config.material.role;
+        let vehicle = config.material.vehicle.clone();
+        let keys = TwinKeys::new(vehicle.clone());
+        if let Attach::Hub(hub) = &attach {
+            anyhow::ensure!(
+                hub.role() == role,
+                "a {} link end cannot use a hub of {} link ends",
+                role,
+                hub.role()
+            );
+        }
+        let (inlet, inbound) = inbound_queue();
+        // Frames come through a subscriber of this link end's own exact key, also beside a
+        // hub: Zenoh caches the route of a declared key, while each sample that reaches
+        // only a wildcard subscriber has its route computed anew, at a cost that grows with
+        // every key the session knows.
+        let i = inlet.clone();
+        let frames = session
+            .declare_subscriber(keys.data_from(role.peer()))
+            .callback(move |sample| i.frame(sample.payload().clone()))
+            .await
+            .map_err(|e| z("subscriber", e))?;
+        let (own, registration, owns_session) = match attach {
+            Attach::Own { owns_session } => {
+                let i = inlet.clone();
+                let presence = session
+                    .liveliness()
+                    .declare_subscriber(keys.alive(role.peer()))
+                    .history(true)
+                    .callback(move |sample| i.presence(sample.kind() == SampleKind::Put))
+                    .await
+                    .map_err(|e| z("liveliness subscriber", e))?;
+                let queryable = if role == Role::Dr {
+                    let i = inlet.clone();
+                    Some(
+                        session
+                            .declare_queryable(keys.sync())
+                            .callback(move |query| i.query(query))
+                            .await
+                            .map_err(|e| z("queryable", e))?,
+                    )
+                } else {
+                    None
+                };
+                let own = OwnDeclarations {
+                    _presence: presence,
+                    _queryable: queryable,
+                };
+                (Some(own), None, owns_session)
+            }
+            Attach::Hub(hub) => (None, Some(hub.register(vehicle, inlet)), false),
+        };
+        // A publisher keeps the key's routes resolved: a put on an undeclared key matches it
+        // against every key the session knows, each time.
+        let publisher = session
+            .declare_publisher(keys.data_from(role))
+            .congestion_control(CongestionControl::Block)
+            .priority(ZPriority::DataHigh)
+            .express(config.express)
+            .await
+            .map_err(|e| z("publisher", e))?;
+        let token = session
+            .liveliness()
+            .declare_token(keys.alive(role))
+            .await
+            .map_err(|e| z("liveliness token", e))?;
+        let (hs_tx, hs_rx) = mpsc::unbounded_channel();
+        let faults = config.faults.clone();
+        let engine = Engine::new(config, event_tx);
+        let io = Io {
+            session,
+            owns_session,
+            keys,
+            publisher,
+            inbound,
+            frames: Some(frames),
+            _own: own,
+            _registration: registration,
+            token: Some(token),
+            hs_tx,
+            hs_rx,
+        };
+        Ok(LinkEnd {
+            engine,
+            io,
+            events: None,
+            timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            turn_owed: false,
+            faults,
+            closed: false,
+        })
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.engine.role
+    }
+
+    /// Queues `message` for the peer and sends what is due at once (an acknowledgement
+    /// owed rides on it).
+    pub fn send(&mut self, message: Message) -> PushOutcome {
+        let outcome = self.engine.push(message);
+        self.flush();
+        outcome
+    }
+
+    /// Tells the link that everything received up to and including sequence number `seq`
+    /// is durable; with [`LinkConfig::durable_acks`] only that is acknowledged. The
+    /// acknowledgement rides on the next frame (at the latest after `durable_ack_delay`).
+    pub fn confirm_durable(&mut self, seq: u64) {
+        self.engine.confirm_durable(seq);
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> LinkStats {
+        let mut s = self.engine.stats();
+        s.inbound_dropped = self.io.inbound.dropped_frames();
+        s
+    }
+
+    /// The fault layer's control.
+    pub fn faults(&self) -> &FaultControl {
+        &self.faults
+    }
+
+    /// The next event; `None` once the link has stopped.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        loop {
+            if let Some(event) = self.events.as_mut().and_then(|e| e.try_recv().ok()) {
+                return Some(event);
+            }
+            if self.closed {
+                return None;
+            }
+            if std::mem::take(&mut self.turn_owed) && self.engine.config.prompt_acks {
+                // The owner had its turn (it asked for the next event): acknowledge now.
+                self.engine.ack_now = true;
+            }
+            if !self.turn().await {
+                self.closed = true;
+            }
+        }
+    }
+
+    /// An event if one is ready (without running the protocol).
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        self.events.as_mut().and_then(|e| e.try_recv().ok())
+    }
+
+    /// Waits until the peer is reachable (events before that are consumed), at most `within`.
+    pub async fn wait_peer_up(&mut self, within: Duration) -> anyhow::Result<()> {
+        let role = self.role();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(Some(LinkEvent::PeerUp { .. })) => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("the link stopped"),
+                Err(_) => anyhow::bail!(
+                    "no {} answered within {:.1} s",
+                    role.peer().as_str().to_uppercase(),
+                    within.as_secs_f64()
+                ),
+            }
+        }
+    }
+
+    /// Stops the link end: its liveliness token goes, its declarations or its place in the
+    /// hub go, and the Zenoh session closes if the link end opened it.
+    pub async fn close(mut self) {
+        self.shut().await;
+    }
+
+    async fn shut(&mut self) {
+        self.closed = true;
+        self.io._registration = None;
+        self.io.frames = None;
+        self.io._own = None;
+        self.io.token = None;
+        if self.io.owns_session {
+            let _ = self.io.session.close().await;
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> Option<oneshot::Sender<()>> {
+        match command {
+            Command::Send(message, reply) => {
+                let outcome = self.engine.push(message);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+                None
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+                None
+            }
+            Command::ConfirmDurable(seq) => {
+                self.engine.confirm_durable(seq);
+                None
+            }
+            Command::Close(reply) => Some(reply),
+        }
+    }
+
+    /// Hands what is due to Zenoh and starts a handshake if one is due.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        for frame in self.engine.poll(now) {
+            self.io.put(frame);
+        }
+        if !self.engine.egress_pending.is_empty() {
+            self.engine.record_egress(now_us());
+        }
+        if let Some(session) = self.engine.wants_handshake(now) {
+            start_handshake(&self.io, session);
+        }
+    }
+
+    /// One turn of the protocol: send what is due, then wait for a frame, a presence
+    /// change, a query, a handshake's outcome or the next timer, and take it (with whatever
+    /// else is queued). False when Zenoh stopped delivering (the session closed).
+    /// Cancel-safe: nothing is taken before the wait ends.
+    async fn turn(&mut self) -> bool {
+        self.flush();
+        let now = Instant::now();
+        let wake = tokio::time::Instant::from_std(self.engine.next_wakeup(now));
+        if self.timer.deadline() != wake {
+            self.timer.as_mut().reset(wake);
+        }
+        tokio::select! {
+            item = self.io.inbound.recv() => {
+                let Some(item) = item else { return false };
+                self.take(item);
+                // Take whatever else is already queued before answering.
+                while let Some(item) = self.io.inbound.try_recv() {
+                    self.take(item);
+                }
+            }
+            outcome = self.io.hs_rx.recv() => {
+                if let Some(outcome) = outcome {
+                    self.engine.on_handshake_outcome(outcome, Instant::now());
+                }
+            }
+            _ = &mut self.timer => {}
+        }
+        true
+    }
+
+    fn take(&mut self, item: Inbound) {
+        match item {
+            Inbound::Frame(payload) => {
+                let bytes = payload.to_bytes();
+                self.engine.on_frame(&bytes, Instant::now());
+                if self.engine.ack_owed.is_some() {
+                    self.turn_owed = true;
+                }
+            }
+            Inbound::Presence(present) => self.engine.on_peer_presence(present, Instant::now()),
+            Inbound::Query(query) => {
+                let payload = query
+                    .payload()
+                    .map(|p| p.to_bytes().into_owned())
+                    .unwrap_or_default();
+                if let Some(answer) = self.engine.on_handshake_query(&payload, Instant::now()) {
+                    if let Err(e) = query.reply(self.io.keys.sync(), answer).wait() {
+                        warn!(error = %e, "answering a handshake failed");
+                    }
+                }
+            }
+        }
+    }
 }
 
 enum HandshakeOutcome {
     Answer(u64, Vec<u8>),
     NoAnswer(u64),
-}
-
-async fn recv_query(
-    q: &Option<zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>>,
-) -> Option<zenoh::query::Query> {
-    match q {
-        Some(q) => q.recv_async().await.ok(),
-        None => std::future::pending().await,
-    }
-}
-
-async fn run(mut engine: Engine, mut io: Io) {
-    let mut close_reply = None;
-    // One timer, moved on each turn (cheaper than registering a new one).
-    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(timer);
-    loop {
-        let now = Instant::now();
-        let outgoing = engine.poll(now);
-        for frame in outgoing {
-            if let Err(e) = io.publisher.put(frame).await {
-                warn!(error = %e, "zenoh put failed");
-            }
-        }
-        if !engine.egress_pending.is_empty() {
-            engine.record_egress(now_us());
-        }
-        if let Some(session) = engine.wants_handshake(now) {
-            start_handshake(&io, session);
-        }
-        let wake = tokio::time::Instant::from_std(engine.next_wakeup(now));
-        if timer.deadline() != wake {
-            timer.as_mut().reset(wake);
-        }
-        tokio::select! {
-            sample = io.frames.recv_async() => {
-                let Ok(sample) = sample else { break };
-                let bytes = sample.payload().to_bytes();
-                engine.on_frame(&bytes, Instant::now());
-                // Take whatever else is already queued before answering.
-                while let Ok(Some(sample)) = io.frames.try_recv() {
-                    let bytes = sample.payload().to_bytes();
-                    engine.on_frame(&bytes, Instant::now());
-                }
-                if engine.ack_owed.is_some() && engine.config.prompt_acks {
-                    // Give the application one turn to answer, so that the acknowledgement
-                    // rides on its answer; then acknowledge in any case.
-                    tokio::task::yield_now().await;
-                    while let Ok(command) = io.command_rx.try_recv() {
-                        if let Some(reply) = engine.handle(command) {
-                            close_reply = Some(reply);
-                        }
-                    }
-                    engine.ack_now = true;
-                    if close_reply.is_some() {
-                        break;
-                    }
-                }
-            }
-            presence = io.peer_presence.recv_async() => {
-                if let Ok(sample) = presence {
-                    engine.on_peer_presence(sample.kind() == SampleKind::Put, Instant::now());
-                }
-            }
-            query = recv_query(&io.queryable) => {
-                if let Some(query) = query {
-                    let payload = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
-                    if let Some(answer) = engine.on_handshake_query(&payload, Instant::now()) {
-                        if let Err(e) = query.reply(io.keys.sync(), answer).await {
-                            warn!(error = %e, "answering a handshake failed");
-                        }
-                    }
-                }
-            }
-            outcome = io.hs_rx.recv() => {
-                if let Some(outcome) = outcome {
-                    engine.on_handshake_outcome(outcome, Instant::now());
-                }
-            }
-            command = io.command_rx.recv() => {
-                let Some(command) = command else { break };
-                let mut next = Some(command);
-                // Take every command already queued, so that messages share frames.
-                while let Some(command) = next {
-                    if let Some(reply) = engine.handle(command) {
-                        close_reply = Some(reply);
-                        break;
-                    }
-                    next = io.command_rx.try_recv().ok();
-                }
-                if close_reply.is_some() { break; }
-            }
-            _ = &mut timer => {}
-        }
-    }
-    let Io {
-        session,
-        owns_session,
-        _token,
-        ..
-    } = io;
-    drop(_token);
-    if owns_session {
-        let _ = session.close().await;
-    }
-    if let Some(reply) = close_reply {
-        let _ = reply.send(());
-    }
 }
 
 fn start_handshake(io: &Io, (session_id, first): (u64, Vec<u8>)) {
@@ -814,29 +1075,11 @@ impl Engine {
         }
     }
 
-    /// Handles an application command; returns the reply channel of a close request.
-    fn handle(&mut self, command: Command) -> Option<oneshot::Sender<()>> {
-        match command {
-            Command::Send(message, reply) => {
-                let outcome = self.push(message);
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
-                }
-                None
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(self.stats());
-                None
-            }
-            Command::ConfirmDurable(seq) => {
-                if self.receiver.confirm_durable(seq) && self.durable_owed.is_none() {
-                    // The acknowledgement moved: it rides on the next frame, or goes alone
-                    // after `durable_ack_delay`.
-                    self.durable_owed = Some(Instant::now());
-                }
-                None
-            }
-            Command::Close(reply) => Some(reply),
+    /// Everything received up to `seq` is durable: the acknowledgement moves, riding on
+    /// the next frame or going alone after `durable_ack_delay`.
+    fn confirm_durable(&mut self, seq: u64) {
+        if self.receiver.confirm_durable(seq) && self.durable_owed.is_none() {
+            self.durable_owed = Some(Instant::now());
         }
     }
 

@@ -35,10 +35,13 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
+use twinlink_link::hub::HubEvent;
 use twinlink_link::keys::{self, Role, VehicleId};
 use twinlink_link::link::{now_us, ResumeState};
 use twinlink_link::minimal::{from_link, to_link};
-use twinlink_link::{KeyMaterial, Link, LinkConfig, LinkEvent, Priority, ZenohSettings};
+use twinlink_link::{
+    KeyMaterial, LinkConfig, LinkEnd, LinkEvent, LinkHub, Priority, ZenohSettings,
+};
 use twinlink_msgs::twin_msgs::msg::{
     PerceptionSummary, RegionalTraffic, SharingPolicy, VehicleState,
 };
@@ -158,7 +161,7 @@ const NOT_APPLYING: u64 = u64::MAX;
 /// What every twin task shares.
 struct Shared {
     config: HostConfig,
-    session: zenoh::Session,
+    hub: LinkHub,
     store: Store,
     writer: WriterHandle,
     metrics: Arc<HostMetrics>,
@@ -196,16 +199,11 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
     let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
-    let presence = session
-        .liveliness()
-        .declare_subscriber(keys::any_pe_alive())
-        .history(true)
-        .await
-        .map_err(|e| z("liveliness subscriber", e))?;
-    let handshakes = session
-        .declare_queryable(keys::any_sync())
-        .await
-        .map_err(|e| z("queryable", e))?;
+    // One set of wildcard declarations for every twin's link: frames, the vehicles'
+    // liveliness tokens and handshakes go to the twin of the key's vehicle, and what
+    // arrives for a dormant twin is reported here, so that the host wakes it.
+    let hub = LinkHub::declare(session.clone(), Role::Dr).await?;
+    let mut hub_events = hub.watch();
     let regional = session
         .declare_subscriber(keys::any_region(REGION_TRAFFIC)?)
         .await
@@ -221,7 +219,7 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         config: config.clone(),
-        session: session.clone(),
+        hub,
         store,
         writer: writer.handle(),
         metrics: metrics.clone(),
@@ -250,23 +248,21 @@ pub async fn run(
                     activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
                 }
             }
-            sample = presence.recv_async() => {
-                let Ok(sample) = sample else { break };
-                if let Some(v) = keys::vehicle_of(sample.key_expr().as_str()) {
-                    if sample.kind() == zenoh::sample::SampleKind::Put {
-                        present.insert(v.to_string());
-                        activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v.as_str());
-                    } else {
-                        present.remove(v.as_str());
+            event = hub_events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    HubEvent::Presence { vehicle, present: true } => {
+                        present.insert(vehicle.to_string());
+                        activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, vehicle.as_str());
                     }
-                }
-            }
-            query = handshakes.recv_async() => {
-                let Ok(query) = query else { break };
-                // The twin's own link answers; this only wakes a dormant twin (the
-                // vehicle retries its handshake and meets the link).
-                if let Some(v) = keys::vehicle_of(query.key_expr().as_str()) {
-                    activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v.as_str());
+                    HubEvent::Presence { vehicle, present: false } => {
+                        present.remove(vehicle.as_str());
+                    }
+                    // A handshake for a dormant twin: wake it (the vehicle retries its
+                    // handshake and meets the twin's link).
+                    HubEvent::Unrouted { vehicle } => {
+                        activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, vehicle.as_str());
+                    }
                 }
             }
             sample = regional.recv_async() => {
@@ -630,13 +626,17 @@ async fn twin_loop(
     config.ack_delay = Duration::from_millis(5);
     config.durable_ack_delay = Duration::from_millis(250);
     config.resume = Some(resume);
-    let mut link = Link::open_on(shared.session.clone(), config).await?;
+    let mut link = LinkEnd::open_in(&shared.hub, config).await?;
     audit.append(
         Kind::Lifecycle,
         json!({"event": "activated", "rx_next": resume.rx_next}),
         b"",
     )?;
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<u64>();
+    // The store reports what it made durable; the twin takes those reports on its own turns
+    // (with the next message, or on its tick) instead of being woken for each, and confirms
+    // them at most every DURABLE_CONFIRM_EVERY, each confirmation riding on a frame.
+    let mut durable = DurableConfirmations::default();
     let mut peer_alive = false;
     let mut gone_since = Instant::now();
     let mut last_advice = Instant::now();
@@ -649,6 +649,9 @@ async fn twin_loop(
                 match event {
                     LinkEvent::Message(d) => {
                         let received = Instant::now();
+                        // Durable points reported since the last turn ride on this message's
+                        // answer (or on the next frame).
+                        durable.take(&mut durable_rx, &mut audit, &mut link, false)?;
                         let m = &d.message;
                         let quarantined = poison == Some(d.seq);
                         applying.store(d.seq, Ordering::Relaxed);
@@ -680,7 +683,7 @@ async fn twin_loop(
                                     json!({"stream": STREAM_RECOMMENDATION, "type": out.type_name, "sequence": r.sequence, "bytes": out.payload.len()}),
                                     &out.payload,
                                 )?;
-                                link.send(out)?;
+                                link.send(out);
                                 shared.metrics.recommendations.inc();
                                 shared.metrics.latency.observe(received.elapsed().as_secs_f64());
                                 last_advice = Instant::now();
@@ -699,13 +702,6 @@ async fn twin_loop(
                     }
                 }
             }
-            seq = durable_rx.recv() => {
-                if let Some(seq) = seq {
-                    // The history reaches the operating system before the acknowledgement.
-                    audit.flush()?;
-                    link.confirm_durable(seq)?;
-                }
-            }
             command = commands.recv() => {
                 match command {
                     Some(DrCommand::Regional(tile)) => {
@@ -714,13 +710,14 @@ async fn twin_loop(
                         }
                     }
                     Some(DrCommand::Status(reply)) => {
-                        let stats = link.stats().await.ok().map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
+                        let stats = Some(serde_json::to_value(link.stats()).unwrap_or(Value::Null));
                         let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));
                     }
                     Some(DrCommand::Shutdown) | None => break,
                 }
             }
             _ = tick.tick() => {
+                durable.take(&mut durable_rx, &mut audit, &mut link, true)?;
                 if !peer_alive && gone_since.elapsed() >= c.idle_after {
                     break;
                 }
@@ -730,7 +727,7 @@ async fn twin_loop(
                     if let Some(r) = twin.recommend(now as f64 * 1e-6, c.min_horizon) {
                         let out = to_link(STREAM_RECOMMENDATION, Priority::OwnState, &r, now);
                         audit.append(Kind::ExchangeOut, json!({"stream": STREAM_RECOMMENDATION, "type": out.type_name, "sequence": r.sequence, "bytes": out.payload.len()}), &out.payload)?;
-                        link.send(out)?;
+                        link.send(out);
                         shared.metrics.recommendations.inc();
                     }
                     last_advice = Instant::now();
@@ -742,6 +739,46 @@ async fn twin_loop(
     audit.close()?;
     link.close().await;
     Ok(())
+}
+
+/// Longest time between a durable point reported by the store and its confirmation to the
+/// link while messages arrive (below the link's 250 ms `durable_ack_delay`, so that it
+/// rides on an answer); when they stop, the twin's half-second tick confirms the rest.
+const DURABLE_CONFIRM_EVERY: Duration = Duration::from_millis(200);
+
+/// The durable points a twin's store writes reported, confirmed to its link in batches.
+#[derive(Default)]
+struct DurableConfirmations {
+    newest: Option<u64>,
+    last_confirmed: Option<Instant>,
+}
+
+impl DurableConfirmations {
+    /// Takes the store's reports; confirms the newest to the link when `force`, or when the
+    /// last confirmation is `DURABLE_CONFIRM_EVERY` old. The audit log reaches the operating
+    /// system first, so that nothing acknowledged is missing from the history.
+    fn take(
+        &mut self,
+        reports: &mut mpsc::UnboundedReceiver<u64>,
+        audit: &mut AuditLog,
+        link: &mut LinkEnd,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        while let Ok(seq) = reports.try_recv() {
+            self.newest = Some(self.newest.map_or(seq, |n| n.max(seq)));
+        }
+        let due = force
+            || self
+                .last_confirmed
+                .is_none_or(|t| t.elapsed() >= DURABLE_CONFIRM_EVERY);
+        if let (Some(seq), true) = (self.newest, due) {
+            audit.flush()?;
+            link.confirm_durable(seq);
+            self.newest = None;
+            self.last_confirmed = Some(Instant::now());
+        }
+        Ok(())
+    }
 }
 
 /// Applies one message to the twin; true when it calls for a recommendation (a summary).

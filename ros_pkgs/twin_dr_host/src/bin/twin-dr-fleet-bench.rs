@@ -23,7 +23,7 @@ use twinlink_link::cli::percentiles;
 use twinlink_link::link::{now_us, zenoh_config};
 use twinlink_link::minimal::{from_link, ros_time, time_us, to_link};
 use twinlink_link::{
-    KeyMaterial, Link, LinkConfig, LinkEvent, Priority, Role, VehicleId, ZenohSettings,
+    KeyMaterial, LinkConfig, LinkEnd, LinkEvent, LinkHub, Priority, Role, VehicleId, ZenohSettings,
 };
 use twinlink_msgs::twin_msgs::msg::{
     DetectedObject, PerceptionSummary, Recommendation, VehicleState,
@@ -156,7 +156,7 @@ struct Tally {
 
 #[allow(clippy::too_many_arguments)]
 async fn vehicle(
-    session: zenoh::Session,
+    hub: LinkHub,
     keys: KeyMaterial,
     endpoint: String,
     rate_hz: f64,
@@ -168,9 +168,10 @@ async fn vehicle(
 ) -> anyhow::Result<()> {
     let name = keys.vehicle.to_string();
     let mut config = LinkConfig::new(keys, ZenohSettings::peer_connecting(&endpoint));
-    // Thousands of vehicles on one session (one process here): Zenoh batches their frames.
+    // Thousands of vehicles on one session (one process here): Zenoh batches their frames,
+    // and one hub's declarations serve them all.
     config.express = false;
-    let mut link = Link::open_on(session, config).await?;
+    let mut link = LinkEnd::open_in(&hub, config).await?;
     // A vehicle whose twin never answers gives up when the run ends (counted as failed).
     link.wait_peer_up(give_up_after).await?;
     tally.lock().unwrap().links_up += 1;
@@ -199,10 +200,10 @@ async fn vehicle(
                 }
                 let t = (now - t0) as f64 * 1e-6;
                 if ticks % state_every == 0 {
-                    link.send(to_link("state", Priority::OwnState, &state(&name, now, 25.0 * t), now))?;
+                    link.send(to_link("state", Priority::OwnState, &state(&name, now, 25.0 * t), now));
                 }
                 ticks += 1;
-                link.send(to_link("objects/fused", Priority::Objects, &summary(now, t, objects), now))?;
+                link.send(to_link("objects/fused", Priority::Objects, &summary(now, t, objects), now));
                 sent.push_back(now);
                 if sent.len() > 64 {
                     sent.pop_front();
@@ -274,13 +275,14 @@ async fn load(
     let session = zenoh::open(zenoh_config("peer", &[], &[connect.to_string()])?)
         .await
         .map_err(|e| anyhow::anyhow!("zenoh: {e}"))?;
+    let hub = LinkHub::declare(session.clone(), Role::Pe).await?;
     let start = now_us();
     let (go_tx, go) = tokio::sync::watch::channel(None);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for k in keys.iter().cloned() {
         tasks.spawn(vehicle(
-            session.clone(),
+            hub.clone(),
             k,
             connect.to_string(),
             rate_hz,
@@ -322,6 +324,7 @@ async fn load(
             "latency_p50_ms": p50 as f64 / 1e3, "latency_p99_ms": p99 as f64 / 1e3, "latency_max_ms": max as f64 / 1e3,
         })
     );
+    drop(hub);
     let _ = session.close().await;
     Ok(())
 }
