@@ -92,6 +92,7 @@ fn audit_data_dir(name: &str, vehicle: &str) -> std::path::PathBuf {
         &id,
         AuditConfig {
             checkpoint_every: 16,
+            ..AuditConfig::default()
         },
     )
     .unwrap();

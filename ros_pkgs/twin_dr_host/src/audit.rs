@@ -211,12 +211,17 @@ impl fmt::Display for Kind {
 pub struct AuditConfig {
     /// Write a checkpoint after this many records that are not checkpoints (at least 1).
     pub checkpoint_every: u64,
+    /// Whether a checkpoint waits for its fsync. Off, the checkpoint is only handed to the
+    /// operating system and [`AuditLog::take_deferred_sync`] gives the fsync to run
+    /// elsewhere (an async host runs it on a blocking thread, not on the task that appends).
+    pub sync_at_checkpoint: bool,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            sync_at_checkpoint: true,
         }
     }
 }
@@ -293,6 +298,8 @@ pub struct AuditLog {
     key: SigningKey,
     config: AuditConfig,
     out: BufWriter<File>,
+    /// A checkpoint was written whose fsync was deferred.
+    sync_deferred: bool,
     len: u64,
     head: [u8; 32],
     since_checkpoint: u64,
@@ -382,6 +389,7 @@ impl AuditLog {
             key,
             config,
             out: BufWriter::with_capacity(64 * 1024, file),
+            sync_deferred: false,
             len: 0,
             head: ZERO_HASH,
             since_checkpoint: 0,
@@ -454,6 +462,7 @@ impl AuditLog {
             key,
             config,
             out: BufWriter::with_capacity(64 * 1024, file),
+            sync_deferred: false,
             len: tail.len,
             head: tail.head,
             since_checkpoint,
@@ -528,8 +537,29 @@ impl AuditLog {
         let mut detail = Map::new();
         detail.insert("signature".into(), hex::encode(signature.to_bytes()).into());
         self.write_record(Kind::Checkpoint, &detail, &sha256(b""))?;
-        self.sync()?;
+        if self.config.sync_at_checkpoint {
+            self.sync()?;
+        } else {
+            self.flush()?;
+            self.sync_deferred = true;
+        }
         Ok(index)
+    }
+
+    /// With [`AuditConfig::sync_at_checkpoint`] off: after a checkpoint, the fsync it
+    /// deferred, to run on any thread (it syncs a second handle of the same file); `None`
+    /// when no checkpoint is waiting for one.
+    pub fn take_deferred_sync(
+        &mut self,
+    ) -> Result<Option<impl FnOnce() -> Result<(), AuditError> + Send + 'static>, AuditError>
+    {
+        if !std::mem::take(&mut self.sync_deferred) {
+            return Ok(None);
+        }
+        self.flush()?;
+        let path = self.log_path.clone();
+        let file = self.out.get_ref().try_clone().map_err(io_at(&path))?;
+        Ok(Some(move || file.sync_data().map_err(io_at(&path))))
     }
 
     /// Hands buffered records to the operating system (no fsync): they then survive the
@@ -560,7 +590,11 @@ impl AuditLog {
 
     /// Clean shutdown: writes a final checkpoint and syncs; returns its index.
     pub fn close(mut self) -> Result<u64, AuditError> {
-        self.checkpoint()
+        let index = self.checkpoint()?;
+        if std::mem::take(&mut self.sync_deferred) {
+            self.sync()?;
+        }
+        Ok(index)
     }
 
     /// Number of records in the log (the next record's index).
@@ -1850,6 +1884,7 @@ mod tests {
     fn config(every: u64) -> AuditConfig {
         AuditConfig {
             checkpoint_every: every,
+            ..AuditConfig::default()
         }
     }
 
@@ -1995,6 +2030,36 @@ mod tests {
         let json = report.to_json();
         assert_eq!(json["intact"], true);
         assert_eq!(json["records"], 1005);
+    }
+
+    #[test]
+    fn a_deferred_checkpoint_sync_is_handed_out_once_per_checkpoint_and_the_log_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deferred = AuditConfig {
+            checkpoint_every: 4,
+            sync_at_checkpoint: false,
+        };
+        let mut log = AuditLog::open(tmp.path(), &veh(), deferred).unwrap();
+        // Opening writes and syncs the genesis itself: nothing is deferred yet.
+        assert!(log.take_deferred_sync().unwrap().is_none());
+        let mut jobs = 0;
+        for i in 0..10u64 {
+            log.append(Kind::ExchangeIn, json!({"seq": i}), b"x").unwrap();
+            if let Some(job) = log.take_deferred_sync().unwrap() {
+                job().unwrap();
+                jobs += 1;
+                assert!(log.take_deferred_sync().unwrap().is_none(), "once per checkpoint");
+            }
+        }
+        // Checkpoints after the 3rd and the 7th record (the genesis counts toward the first).
+        assert_eq!(jobs, 2);
+        // Each checkpoint handed what came before it to the operating system: a reader sees
+        // genesis, 7 records and 2 checkpoints before the close (the last 3 records are
+        // still buffered), and the closed log, with its final checkpoint, verifies.
+        assert_eq!(read_lines(tmp.path()).len(), 1 + 7 + 2);
+        log.close().unwrap();
+        assert_eq!(read_lines(tmp.path()).len(), 1 + 10 + 3);
+        assert!(check(tmp.path(), None).is_intact());
     }
 
     #[test]

@@ -690,6 +690,7 @@ async fn twin_loop(
                             }
                         }
                         applying.store(NOT_APPLYING, Ordering::Relaxed);
+                        sync_deferred(shared, &mut audit)?;
                     }
                     LinkEvent::PeerUp { .. } => {
                         peer_alive = true;
@@ -738,6 +739,21 @@ async fn twin_loop(
     audit.append(Kind::Lifecycle, json!({"event": "deactivated"}), b"")?;
     audit.close()?;
     link.close().await;
+    Ok(())
+}
+
+/// Runs the fsync of a checkpoint the audit log just wrote on a blocking thread (a failure
+/// is logged and counted: the records are with the operating system already).
+fn sync_deferred(shared: &Shared, audit: &mut AuditLog) -> anyhow::Result<()> {
+    if let Some(job) = audit.take_deferred_sync()? {
+        let metrics = shared.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = job() {
+                metrics.reject("audit_sync_failed");
+                error!(error = %e, "syncing an audit checkpoint failed");
+            }
+        });
+    }
     Ok(())
 }
 

@@ -329,6 +329,11 @@ async fn load(
     Ok(())
 }
 
+/// Thousands of twins allocate and free small buffers per message from several threads;
+/// mimalloc's thread-local pages serve that with less time in the allocator than glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     twinlink_link::cli::init_tracing();
     match Args::parse().command {
