@@ -1218,6 +1218,7 @@ impl Engine {
             rx_next: self.receiver.acked_next(),
             tx_base: self.sender.base(),
             incarnation: self.incarnation,
+            max_ack_delay_us: self.config.ack_delay.as_micros() as u64,
         }
     }
 
@@ -1232,6 +1233,8 @@ impl Engine {
             info!(vehicle = %self.vehicle, role = %self.role, "peer restarted: sending it the latest of every stream");
         }
         self.peer_incarnation = Some(peer.incarnation);
+        self.sender
+            .set_peer_ack_delay(Duration::from_micros(peer.max_ack_delay_us));
         self.sender.resync(peer.rx_next, lost, now);
         self.receiver.resync(peer.tx_base);
     }

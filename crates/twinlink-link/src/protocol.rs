@@ -43,6 +43,10 @@ pub struct SyncState {
     pub tx_base: u64,
     /// An id of this process' incarnation (random at start), so the peer sees restarts.
     pub incarnation: u64,
+    /// The longest this end holds an acknowledgement for data to ride on, microseconds:
+    /// the peer adds it to its retransmission timeout (as QUIC's `max_ack_delay`), so a
+    /// delayed acknowledgement does not look like a loss.
+    pub max_ack_delay_us: u64,
 }
 
 /// Encodes an envelope (not yet sealed).

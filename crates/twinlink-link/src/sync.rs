@@ -397,7 +397,13 @@ pub struct Sender {
     /// The retransmission timer covers the round trip plus a message's own transfer time at
     /// this rate [bit/s], so that large messages are not resent while still in transit.
     transfer_bps: f64,
+    /// How long the peer may hold an acknowledgement (added to the retransmission timeout).
+    peer_ack_delay: Duration,
 }
+
+/// The longest acknowledgement delay a peer may announce: beyond it, a loss would go
+/// unrepaired for too long.
+pub const MAX_PEER_ACK_DELAY: Duration = Duration::from_millis(500);
 
 /// Most distinct streams whose latest message is kept for catch-up.
 pub const MAX_SNAPSHOT_STREAMS: usize = 4096;
@@ -416,7 +422,20 @@ impl Sender {
             stats: SenderStats::default(),
             max_in_flight_bytes,
             transfer_bps: 16e6,
+            peer_ack_delay: Duration::ZERO,
         }
+    }
+
+    /// The peer holds acknowledgements up to `delay` for data to ride on: retransmissions
+    /// wait that much longer (capped at [`MAX_PEER_ACK_DELAY`]).
+    pub fn set_peer_ack_delay(&mut self, delay: Duration) {
+        self.peer_ack_delay = delay.min(MAX_PEER_ACK_DELAY);
+    }
+
+    /// The retransmission timeout: the RTT estimator's, plus the peer's acknowledgement
+    /// delay.
+    fn rto(&self) -> Duration {
+        self.rtt.rto() + self.peer_ack_delay
     }
 
     /// Queues a message for sending.
@@ -464,7 +483,7 @@ impl Sender {
 
     /// When the earliest retransmission falls due.
     pub fn next_retransmit_at(&self) -> Option<Instant> {
-        let rto = self.rtt.rto();
+        let rto = self.rto();
         // Everything in flight may sit in the bottleneck's queue ahead of a message.
         let queued_ahead = self.in_flight_bytes;
         self.in_flight
@@ -484,7 +503,7 @@ impl Sender {
     pub fn next_items(&mut self, now: Instant, budget: usize) -> Vec<WireItem> {
         let mut items = Vec::new();
         let mut used = 0usize;
-        let rto = self.rtt.rto();
+        let rto = self.rto();
         let queued_ahead = self.in_flight_bytes;
         let due: Vec<u64> = self
             .in_flight
@@ -980,6 +999,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_peers_acknowledgement_delay_postpones_retransmission_up_to_a_cap() {
+        let sent_at = |delay: Duration| {
+            let mut s = Sender::new(Outbox::new(64, 1 << 20), 1 << 20);
+            s.set_peer_ack_delay(delay);
+            let t0 = Instant::now();
+            s.push(msg("s", Priority::Objects, 1));
+            assert_eq!(s.next_items(t0, 1 << 20).len(), 1);
+            let due = s.next_retransmit_at().unwrap() - t0;
+            // Not resent a moment before it is due, resent when it is.
+            assert!(s
+                .next_items(t0 + due - Duration::from_millis(1), 1 << 20)
+                .is_empty());
+            assert_eq!(s.next_items(t0 + due, 1 << 20).len(), 1);
+            due
+        };
+        let plain = sent_at(Duration::ZERO);
+        assert_eq!(
+            sent_at(Duration::from_millis(150)),
+            plain + Duration::from_millis(150)
+        );
+        // A peer cannot stop retransmission by announcing a huge delay.
+        assert_eq!(
+            sent_at(Duration::from_secs(3600)),
+            plain + MAX_PEER_ACK_DELAY
+        );
+    }
     #[test]
     fn a_resumed_receiver_continues_where_durability_ended() {
         let mut r = Receiver::new(1024);

@@ -551,8 +551,7 @@ impl AuditLog {
     /// when no checkpoint is waiting for one.
     pub fn take_deferred_sync(
         &mut self,
-    ) -> Result<Option<impl FnOnce() -> Result<(), AuditError> + Send + 'static>, AuditError>
-    {
+    ) -> Result<Option<impl FnOnce() -> Result<(), AuditError> + Send + 'static>, AuditError> {
         if !std::mem::take(&mut self.sync_deferred) {
             return Ok(None);
         }
@@ -2044,11 +2043,15 @@ mod tests {
         assert!(log.take_deferred_sync().unwrap().is_none());
         let mut jobs = 0;
         for i in 0..10u64 {
-            log.append(Kind::ExchangeIn, json!({"seq": i}), b"x").unwrap();
+            log.append(Kind::ExchangeIn, json!({"seq": i}), b"x")
+                .unwrap();
             if let Some(job) = log.take_deferred_sync().unwrap() {
                 job().unwrap();
                 jobs += 1;
-                assert!(log.take_deferred_sync().unwrap().is_none(), "once per checkpoint");
+                assert!(
+                    log.take_deferred_sync().unwrap().is_none(),
+                    "once per checkpoint"
+                );
             }
         }
         // Checkpoints after the 3rd and the 7th record (the genesis counts toward the first).

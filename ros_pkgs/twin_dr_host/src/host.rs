@@ -79,6 +79,9 @@ pub struct HostConfig {
     pub retention: u64,
     /// Page cache of the durable store [bytes].
     pub store_cache_bytes: usize,
+    /// Longest silence of a twin's link before it sends a heartbeat (a twin answers every
+    /// summary, so heartbeats only go while its vehicle sends little).
+    pub link_heartbeat: Duration,
     /// Audit log settings.
     pub audit: AuditConfig,
     /// Where to serve `/metrics` and `/twins` (None: not served).
@@ -625,6 +628,7 @@ async fn twin_loop(
     config.prompt_acks = false;
     config.ack_delay = Duration::from_millis(5);
     config.durable_ack_delay = Duration::from_millis(250);
+    config.heartbeat = c.link_heartbeat;
     config.resume = Some(resume);
     let mut link = LinkEnd::open_in(&shared.hub, config).await?;
     audit.append(

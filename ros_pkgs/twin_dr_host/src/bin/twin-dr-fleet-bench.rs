@@ -71,6 +71,15 @@ enum Cmd {
         /// Longest wait for every link to come up before the load starts anyway.
         #[arg(long, default_value_t = 120.0)]
         up_within: f64,
+        /// Longest hold of a vehicle's acknowledgement of a recommendation, so that it rides
+        /// on the next summary instead of costing a frame [ms] (announced to the twin, whose
+        /// retransmission timer allows for it).
+        #[arg(long, default_value_t = 150)]
+        ack_delay_ms: u64,
+        /// Longest silence of a vehicle's link before a heartbeat [ms] (below the twin's
+        /// 600 ms peer timeout).
+        #[arg(long, default_value_t = 250)]
+        heartbeat_ms: u64,
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 10.0)]
         warmup_s: f64,
@@ -145,6 +154,13 @@ struct Window {
     until_us: u64,
 }
 
+/// How the vehicles' link ends time acknowledgements and heartbeats.
+#[derive(Debug, Clone, Copy)]
+struct LinkTiming {
+    ack_delay: Duration,
+    heartbeat: Duration,
+}
+
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
@@ -164,6 +180,7 @@ async fn vehicle(
     state_every: u64,
     mut go: tokio::sync::watch::Receiver<Option<Window>>,
     give_up_after: Duration,
+    timing: LinkTiming,
     tally: Arc<Mutex<Tally>>,
 ) -> anyhow::Result<()> {
     let name = keys.vehicle.to_string();
@@ -171,6 +188,9 @@ async fn vehicle(
     // Thousands of vehicles on one session (one process here): Zenoh batches their frames,
     // and one hub's declarations serve them all.
     config.express = false;
+    config.prompt_acks = false;
+    config.ack_delay = timing.ack_delay;
+    config.heartbeat = timing.heartbeat;
     let mut link = LinkEnd::open_in(&hub, config).await?;
     // A vehicle whose twin never answers gives up when the run ends (counted as failed).
     link.wait_peer_up(give_up_after).await?;
@@ -248,10 +268,21 @@ async fn load(
     objects: usize,
     state_every: u64,
     up_within: f64,
+    timing: LinkTiming,
     warmup_s: f64,
     seconds: f64,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(state_every >= 1, "--state-every must be at least 1");
+    anyhow::ensure!(
+        timing.ack_delay <= twinlink_link::sync::MAX_PEER_ACK_DELAY,
+        "--ack-delay-ms must be at most {} ms (the longest delay a twin allows for)",
+        twinlink_link::sync::MAX_PEER_ACK_DELAY.as_millis()
+    );
+    anyhow::ensure!(
+        timing.heartbeat >= Duration::from_millis(10)
+            && timing.heartbeat <= Duration::from_millis(500),
+        "--heartbeat-ms must be within 10..=500 (below the twin's 600 ms peer timeout)"
+    );
     anyhow::ensure!(
         up_within >= 0.0 && warmup_s >= 0.0 && seconds > 0.0,
         "--up-within and --warmup-s must be at least 0 and --seconds above 0"
@@ -290,6 +321,7 @@ async fn load(
             state_every,
             go.clone(),
             Duration::from_secs_f64(up_within + warmup_s + seconds),
+            timing,
             tally.clone(),
         ));
     }
@@ -345,6 +377,8 @@ fn main() -> anyhow::Result<()> {
             objects,
             state_every,
             up_within,
+            ack_delay_ms,
+            heartbeat_ms,
             warmup_s,
             seconds,
         } => tokio::runtime::Runtime::new()?.block_on(load(
@@ -354,6 +388,10 @@ fn main() -> anyhow::Result<()> {
             objects,
             state_every,
             up_within,
+            LinkTiming {
+                ack_delay: Duration::from_millis(ack_delay_ms),
+                heartbeat: Duration::from_millis(heartbeat_ms),
+            },
             warmup_s,
             seconds,
         )),

@@ -45,6 +45,10 @@ struct Args {
     /// Page cache of the durable store [MiB].
     #[arg(long, default_value_t = 64)]
     store_cache_mb: usize,
+    /// Longest silence of a twin's link before it sends a heartbeat [ms] (the vehicles'
+    /// peer timeout must be longer: 600 ms by default).
+    #[arg(long, default_value_t = 250)]
+    link_heartbeat_ms: u64,
     /// Audit checkpoint (signature) every this many records.
     #[arg(long, default_value_t = 256)]
     checkpoint_every: u64,
@@ -99,6 +103,12 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
     if args.checkpoint_every == 0 {
         anyhow::bail!("--checkpoint-every must be at least 1");
     }
+    if !(10..=500).contains(&args.link_heartbeat_ms) {
+        anyhow::bail!(
+            "--link-heartbeat-ms must be within 10..=500 (below the vehicles' 600 ms peer timeout), got {}",
+            args.link_heartbeat_ms
+        );
+    }
     if !args.keys.is_dir() {
         anyhow::bail!(
             "--keys {}: not a directory (create it with `twinctl provision <vehicle> --out {}`)",
@@ -126,6 +136,7 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         min_horizon: 5.0,
         retention: args.retention.max(1),
         store_cache_bytes: args.store_cache_mb.max(1) << 20,
+        link_heartbeat: Duration::from_millis(args.link_heartbeat_ms),
         audit: AuditConfig {
             checkpoint_every: args.checkpoint_every,
             // Twins run on the async workers: their checkpoints' fsyncs go to blocking
