@@ -745,6 +745,13 @@ impl LinkEnd {
         outcome
     }
 
+    /// Queues `message` without sending yet: it leaves with the next [`LinkEnd::send`], or
+    /// when [`LinkEnd::recv`] next runs the protocol, in the same frame as whatever else is
+    /// queued by then (two messages of one instant, one frame).
+    pub fn queue(&mut self, message: Message) -> PushOutcome {
+        self.engine.push(message)
+    }
+
     /// Tells the link that everything received up to and including sequence number `seq`
     /// is durable; with [`LinkConfig::durable_acks`] only that is acknowledged. The
     /// acknowledgement rides on the next frame (at the latest after `durable_ack_delay`).

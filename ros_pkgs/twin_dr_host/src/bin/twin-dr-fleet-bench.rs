@@ -220,7 +220,8 @@ async fn vehicle(
                 }
                 let t = (now - t0) as f64 * 1e-6;
                 if ticks % state_every == 0 {
-                    link.send(to_link("state", Priority::OwnState, &state(&name, now, 25.0 * t), now));
+                    // The state and the summary of one instant share a frame.
+                    link.queue(to_link("state", Priority::OwnState, &state(&name, now, 25.0 * t), now));
                 }
                 ticks += 1;
                 link.send(to_link("objects/fused", Priority::Objects, &summary(now, t, objects), now));
