@@ -1,0 +1,19 @@
+//! twinlink's simulator: the world that vehicles and their twins are tried in, since a real
+//! road (or CARLA and Gazebo) is not always at hand.
+//!
+//! - [`scenario`]: what a run contains (road, traffic, hazards, bottlenecks, coverage), read
+//!   from YAML and validated with errors that name the field.
+//! - [`traffic`]: the drivers, IDM for speed and MOBIL for lane choice (the simulator's own
+//!   implementations, independent of the twin's planner).
+//! - [`world`]: vehicles on a multi-lane highway stepped on a virtual clock, deterministic
+//!   for a seed, counting collisions, hard brakes, time-to-collision and throughput.
+//!
+//! Coverage along the road ([`scenario::CoverageSpec::at`]) gives the link quality a
+//! connected vehicle has where it is, for the link's fault layer to apply.
+
+pub mod scenario;
+pub mod traffic;
+pub mod world;
+
+pub use scenario::{Scenario, ScenarioError};
+pub use world::{Vehicle, World, WorldStats};
