@@ -7,11 +7,14 @@
 //!   implementations, independent of the twin's planner).
 //! - [`world`]: vehicles on a multi-lane highway stepped on a virtual clock, deterministic
 //!   for a seed, counting collisions, hard brakes, time-to-collision and throughput.
+//! - [`sensors`]: object-level LiDAR, radar and camera models with occlusion and noise,
+//!   giving the `twin_msgs/PerceptionSummary` and `VehicleState` a connected vehicle sends.
 //!
 //! Coverage along the road ([`scenario::CoverageSpec::at`]) gives the link quality a
 //! connected vehicle has where it is, for the link's fault layer to apply.
 
 pub mod scenario;
+pub mod sensors;
 pub mod traffic;
 pub mod world;
 

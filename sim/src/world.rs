@@ -282,6 +282,28 @@ impl World {
         }
     }
 
+    /// Replaces every vehicle by the ones given as `(lane, front bumper s, truck)`, with ids
+    /// 0, 1, 2... in that order, driving at 25 m/s (or their desired speed if lower): for
+    /// tests and scripted situations.
+    pub fn place(&mut self, placed: &[(usize, f64, bool)]) {
+        self.vehicles.clear();
+        self.contacts.clear();
+        self.next_id = 0;
+        for &(lane, s, truck) in placed {
+            let mut v = self.new_vehicle(lane.min(self.scenario.road.lanes - 1), s);
+            if truck != v.truck {
+                v.truck = truck;
+                (v.idm, v.length, v.width) = if truck {
+                    (Idm::truck(), 12.0, 2.5)
+                } else {
+                    (Idm::car(), 4.5, 1.9)
+                };
+            }
+            v.v = v.desired_speed.min(25.0);
+            self.vehicles.push(v);
+        }
+    }
+
     /// The scenario.
     pub fn scenario(&self) -> &Scenario {
         &self.scenario
