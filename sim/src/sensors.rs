@@ -10,8 +10,10 @@
 //! This is the geometry the point-cloud mode ray-casts, without the points; the fast mode
 //! uses it, and reports say so.
 //!
-//! Frames (REP-103/105): the road runs along map x; lane 0 is the rightmost, centred at
-//! y = lane_width / 2, lanes counting to the left. Objects are reported in `base_link` of
+//! Frames (REP-103/105): the road runs along map x from the origin, its reference line the
+//! centre of lane 0 (the rightmost, at y = 0), lanes counting to the left (lane k centred
+//! at y = k × lane width), as the twin's straight road (`twin_dr_host::road::Road::straight`)
+//! lays them out. Objects are reported in `base_link` of
 //! the observing vehicle (x forward, y left, origin at the body centre); velocities over
 //! ground, in the same axes.
 
@@ -184,7 +186,7 @@ fn uncovered(lo: f64, hi: f64, covers: &[(f64, f64)]) -> f64 {
 fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate>, f64)> {
     let lane_width = world.scenario().road.lane_width_m;
     let me = world.vehicles().iter().find(|v| v.id == observer)?;
-    let (ox, oy) = (me.s - me.length / 2.0, (me.lane as f64 + 0.5) * lane_width);
+    let (ox, oy) = (me.s - me.length / 2.0, me.lane as f64 * lane_width);
     let mut out = Vec::new();
     let mut push =
         |id: u32, class: u8, cx: f64, cy: f64, length: f64, width: f64, height: f64, v: f64| {
@@ -222,7 +224,7 @@ fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate
             v.id + 1,
             class,
             v.s - v.length / 2.0,
-            (v.lane as f64 + 0.5) * lane_width,
+            v.lane as f64 * lane_width,
             v.length,
             v.width,
             height,
@@ -242,7 +244,7 @@ fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate
             1_000_000 + o.hazard as u32,
             class,
             (o.s_back + o.s_front) / 2.0,
-            (o.lane as f64 + 0.5) * lane_width,
+            o.lane as f64 * lane_width,
             length,
             width,
             height,
@@ -333,7 +335,7 @@ pub fn vehicle_state(world: &World, id: u32, name: &str, stamp: Time) -> Option<
     s.header.frame_id = "map".into();
     s.vehicle_id = name.into();
     s.pose.position.x = v.s - v.length / 2.0;
-    s.pose.position.y = (v.lane as f64 + 0.5) * lane_width;
+    s.pose.position.y = v.lane as f64 * lane_width;
     s.pose.orientation.w = 1.0;
     s.twist.linear.x = v.v;
     s.acceleration = v.a;
@@ -459,7 +461,7 @@ mod tests {
         assert_eq!(s.header.frame_id, "map");
         assert_eq!(s.lane_index, 2);
         assert!((s.pose.position.x - (800.0 - 2.25)).abs() < 1e-9);
-        assert!((s.pose.position.y - 8.75).abs() < 1e-9);
+        assert!((s.pose.position.y - 7.0).abs() < 1e-9);
         assert!(vehicle_state(&w, 99, "x", Time::default()).is_none());
     }
 }
