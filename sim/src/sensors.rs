@@ -7,8 +7,9 @@
 //! objects' boxes cover, nearest first, and an object less than
 //! [`SensorModel::min_visible_fraction`] of whose interval is left uncovered by nearer
 //! objects is hidden (a car behind a truck, a stalled vehicle behind the car in front).
-//! This is the geometry the point-cloud mode ray-casts, without the points; the fast mode
-//! uses it, and reports say so.
+//! A hazard behind a crest (`visible_within_m`) is seen by no sensor from farther than
+//! that. This is the geometry the point-cloud mode ray-casts, without the points; the fast
+//! mode uses it, and reports say so.
 //!
 //! Frames (REP-103/105): the road runs along map x from the origin, its reference line the
 //! centre of lane 0 (the rightmost, at y = 0), lanes counting to the left (lane k centred
@@ -239,6 +240,14 @@ fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate
                 (DetectedObject::CLASS_STATIC_OBSTACLE, lane_width * 0.8, 1.0)
             }
         };
+        // Behind a crest or a bend (`visible_within_m`), no sensor sees it from farther
+        // than a driver does.
+        let visible_within = world.scenario().hazards[o.hazard]
+            .visible_within_m
+            .unwrap_or(f64::INFINITY);
+        if o.s_back - me.s > visible_within {
+            continue;
+        }
         let length = o.s_front - o.s_back;
         push(
             1_000_000 + o.hazard as u32,
@@ -437,6 +446,16 @@ mod tests {
             vec![2],
             "hidden by the car in front"
         );
+        // Beyond a crest: seen from 80 m, not from 100 m.
+        let crest =
+            "hazards:\n  - { kind: stalled_vehicle, s_m: 600, lane: 1, visible_within_m: 80 }\n";
+        let w = world(&[(1, 500.0, false), (0, 525.0, false)], crest);
+        assert_eq!(
+            seen(&w, 0, &SensorModel::radar()),
+            vec![2],
+            "only the car 25 m ahead"
+        );
+        assert_eq!(seen(&w, 1, &SensorModel::radar()), vec![1_000_000]);
     }
 
     #[test]
