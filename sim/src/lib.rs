@@ -9,10 +9,13 @@
 //!   for a seed, counting collisions, hard brakes, time-to-collision and throughput.
 //! - [`sensors`]: object-level LiDAR, radar and camera models with occlusion and noise,
 //!   giving the `twin_msgs/PerceptionSummary` and `VehicleState` a connected vehicle sends.
+//! - [`fast`]: fast mode, the world with every connected vehicle's link path and twin (the
+//!   link's and the DR host's own code) in one process on the virtual clock.
 //!
 //! Coverage along the road ([`scenario::CoverageSpec::at`]) gives the link quality a
 //! connected vehicle has where it is, for the link's fault layer to apply.
 
+pub mod fast;
 pub mod scenario;
 pub mod sensors;
 pub mod traffic;
