@@ -108,6 +108,13 @@ RSS_LOADED=$(rss_of "$HOST")
 kill "$HOST"; wait "$HOST" 2>/dev/null || true
 echo "{\"rss_empty\": $RSS_EMPTY, \"rss_idle\": $RSS_IDLE, \"rss_loaded\": $RSS_LOADED, \"twins\": $FLEET_TOTAL, \"active\": $FLEET_ACTIVE}" >"$WORK/fleet_mem.json"
 
+# Simulator, fast mode: bench_200 (about 200 vehicles, 73 with twins) without and with
+# twins, three times; the realtime factor with twins and the uplink reduction.
+cargo build --release -p twinlink-sim --example fast_run >&2
+for round in 1 2 3; do
+  target/release/examples/fast_run sim/scenarios/bench_200.yaml >"$WORK/sim_fast_$round.jsonl"
+done
+
 python3 - "$OUT/summary.json" "$WORK" <<'PY'
 import json, os, sys
 out, work = sys.argv[1], sys.argv[2]
@@ -139,6 +146,15 @@ def hist_quantile(q):
             return le
     return None
 summary = {}
+sim_runs = [[json.loads(l) for l in open(os.path.join(work, f"sim_fast_{r}.jsonl"))] for r in (1, 2, 3)]
+sim_on = [next(x for x in run if x["twins"]) for run in sim_runs]
+sim_off = [next(x for x in run if not x["twins"]) for run in sim_runs]
+summary.update({
+    "sim_fast_realtime_factor_200": round(med(sim_on, "realtime_factor"), 1),
+    "sim_fast_realtime_factor_200_without_twins": round(med(sim_off, "realtime_factor"), 1),
+    "sim_fast_twins_200": sim_on[0]["twinned"],
+    "sim_fast_uplink_reduction_factor": round(sim_on[0]["uplink_reduction_factor"], 1),
+})
 summary.update({
     "dr_ingest_per_core": dr_ingest["dr_ingest_per_core"],
     "dr_ingest_link_only_per_core": dr_ingest["link_only_ingest_per_core"],
