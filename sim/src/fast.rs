@@ -258,6 +258,14 @@ fn fuse(reports: Vec<PerceptionSummary>) -> PerceptionSummary {
     fused
 }
 
+/// The 95th percentile of `values` (0 when there are none).
+fn p95(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let i = ((sorted.len() as f64 * 0.95) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0.0)
+}
+
 impl FastRun {
     /// A run of `scenario` with `config`.
     pub fn new(scenario: &Scenario, config: FastConfig) -> Result<FastRun, FastError> {
@@ -439,15 +447,16 @@ impl FastRun {
                 let now = EPOCH_S + t;
                 if let Some(r) = c.twin.recommend(now, self.config.horizon_s) {
                     self.counts.recommendations += 1;
-                    if let Some(est) = c.twin.status(now).estimate {
-                        if !covered {
-                            if let Some(truth) =
-                                vehicle_state(&self.world, id, &c.name, stamp.clone())
-                            {
-                                let (dx, dy) =
-                                    (est.x - truth.pose.position.x, est.y - truth.pose.position.y);
-                                self.offline_errors.push((dx * dx + dy * dy).sqrt());
-                            }
+                    // The twin's estimate against the truth, apart while it predicts.
+                    let truth = vehicle_state(&self.world, id, &c.name, stamp.clone());
+                    if let (Some(est), Some(truth)) = (c.twin.status(now).estimate, truth) {
+                        let (dx, dy) =
+                            (est.x - truth.pose.position.x, est.y - truth.pose.position.y);
+                        let error = (dx * dx + dy * dy).sqrt();
+                        if covered {
+                            self.errors.push(error);
+                        } else {
+                            self.offline_errors.push(error);
                         }
                     }
                     if !covered {
@@ -459,14 +468,6 @@ impl FastRun {
                         c.down
                             .seal(to_link("recommendation", Priority::OwnState, &r, stamp_us));
                     self.counts.down += frame.len() as u64;
-                    if let Some(est) = c.twin.status(now).estimate {
-                        if let Some(truth) = vehicle_state(&self.world, id, &c.name, stamp.clone())
-                        {
-                            let (dx, dy) =
-                                (est.x - truth.pose.position.x, est.y - truth.pose.position.y);
-                            self.errors.push((dx * dx + dy * dy).sqrt());
-                        }
-                    }
                     let limit = self.world.scenario().road.speed_limit_mps;
                     if let Some(v) = self.world.vehicle_mut(id) {
                         let would = v.desired_speed.min(limit);
@@ -495,24 +496,14 @@ impl FastRun {
 
     fn report(&self, wall_s: f64) -> FastReport {
         let st = self.world.stats().clone();
-        let mut errors = self.errors.clone();
-        errors.sort_by(f64::total_cmp);
-        let mean = if errors.is_empty() {
+        let mean = if self.errors.is_empty() {
             0.0
         } else {
-            errors.iter().sum::<f64>() / errors.len() as f64
+            self.errors.iter().sum::<f64>() / self.errors.len() as f64
         };
-        let p95 = errors
-            .get(((errors.len() as f64 * 0.95) as usize).min(errors.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0);
+        let online_p95 = p95(&self.errors);
+        let offline_p95 = p95(&self.offline_errors);
         let c = &self.counts;
-        let mut offline = self.offline_errors.clone();
-        offline.sort_by(f64::total_cmp);
-        let offline_p95 = offline
-            .get(((offline.len() as f64 * 0.95) as usize).min(offline.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0);
         FastReport {
             scenario: self.world.scenario().name.clone(),
             seed: self.world.scenario().seed,
@@ -550,7 +541,7 @@ impl FastRun {
                 0.0
             },
             estimate_error_mean_m: mean,
-            estimate_error_p95_m: p95,
+            estimate_error_p95_m: online_p95,
             offline_vehicle_s: c.offline_steps as f64 * self.world.scenario().step_s,
             held_messages: c.held,
             expired_advice: c.expired_advice,

@@ -184,7 +184,7 @@ fn uncovered(lo: f64, hi: f64, covers: &[(f64, f64)]) -> f64 {
 }
 
 /// Every vehicle and active hazard near `observer`, in its base_link.
-fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate>, f64)> {
+fn candidates(world: &World, observer: u32, reach: f64) -> Option<Vec<Candidate>> {
     let lane_width = world.scenario().road.lane_width_m;
     let me = world.vehicles().iter().find(|v| v.id == observer)?;
     let (ox, oy) = (me.s - me.length / 2.0, me.lane as f64 * lane_width);
@@ -260,7 +260,7 @@ fn candidates(world: &World, observer: u32, reach: f64) -> Option<(Vec<Candidate
             0.0,
         );
     }
-    Some((out, me.v))
+    Some(out)
 }
 
 /// What `sensor` of vehicle `observer` reports at time `stamp`; `None` when the vehicle is
@@ -272,7 +272,7 @@ pub fn observe(
     stamp: Time,
     rng: &mut impl Rng,
 ) -> Option<PerceptionSummary> {
-    let (mut cands, _own_speed) = candidates(world, observer, sensor.max_range)?;
+    let mut cands = candidates(world, observer, sensor.max_range)?;
     cands.sort_by(|a, b| a.range.total_cmp(&b.range));
     let mut covers: Vec<(f64, f64)> = Vec::new();
     let mut objects = Vec::new();

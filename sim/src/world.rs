@@ -154,30 +154,35 @@ struct Occupant {
     visible_within: f64,
 }
 
-/// Per lane, what occupies it, sorted by back position; the longest occupant; and the
-/// drivers' sight distance.
-struct Lanes(Vec<Vec<Occupant>>, f64, f64);
+/// Per lane, what occupies it, sorted by back position.
+struct Lanes {
+    lanes: Vec<Vec<Occupant>>,
+    /// Length of the longest occupant [m] (how far back an overlap search must reach).
+    longest: f64,
+    /// The drivers' sight distance [m].
+    sight: f64,
+}
 
 impl Lanes {
     /// Whether anything in `lane` other than `me` comes within `margin` of `[back, front]`.
     fn blocked(&self, lane: usize, back: f64, front: f64, margin: f64, me: i64) -> bool {
-        let l = &self.0[lane];
+        let l = &self.lanes[lane];
         let end = l.partition_point(|o| o.s_back < front + margin);
         l[..end]
             .iter()
             .rev()
-            .take_while(|o| o.s_back >= back - margin - self.1)
+            .take_while(|o| o.s_back >= back - margin - self.longest)
             .any(|o| o.who != me && o.s_front > back - margin)
     }
 
     /// The first occupant of `lane` whose back is at or ahead of `s`, other than `me`, that
     /// a driver at `s` sees (within the sight distance and the occupant's visibility).
     fn leader(&self, lane: usize, s: f64, me: i64) -> Option<Occupant> {
-        let l = &self.0[lane];
+        let l = &self.lanes[lane];
         let start = l.partition_point(|o| o.s_back < s - 1e-9);
         for o in &l[start..] {
             let gap = o.s_back - s;
-            if gap > self.2 {
+            if gap > self.sight {
                 return None;
             }
             if o.who != me && gap <= o.visible_within {
@@ -190,7 +195,7 @@ impl Lanes {
     /// The last vehicle of `lane` whose front is at or behind `s_back`, other than `me`,
     /// with its bumper gap to `s_back`.
     fn follower(&self, lane: usize, s_back: f64, me: i64) -> Option<(usize, f64)> {
-        let l = &self.0[lane];
+        let l = &self.lanes[lane];
         let end = l.partition_point(|o| o.s_back < s_back + 1e-9);
         l[..end]
             .iter()
@@ -459,7 +464,11 @@ impl World {
                 longest = longest.max(o.s_front - o.s_back);
             }
         }
-        Lanes(lanes, longest, self.scenario.traffic.sight_distance_m)
+        Lanes {
+            lanes,
+            longest,
+            sight: self.scenario.traffic.sight_distance_m,
+        }
     }
 
     /// Advances the world by one step.
@@ -626,7 +635,7 @@ impl World {
     fn check_contacts(&mut self, obstacles: &[Obstacle]) {
         let lanes = self.lanes(obstacles);
         let mut contacts = Vec::new();
-        for l in &lanes.0 {
+        for l in &lanes.lanes {
             for (k, o) in l.iter().enumerate() {
                 let Some(i) = o.vehicle else { continue };
                 let v = &self.vehicles[i];

@@ -443,15 +443,9 @@ impl Link {
     pub async fn wait_peer_up(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(LinkEvent::PeerUp { .. })) => return Ok(()),
-                Ok(Some(_)) => {}
-                Ok(None) => anyhow::bail!("the link stopped"),
-                Err(_) => anyhow::bail!(
-                    "no {} answered within {:.1} s",
-                    self.role.peer().as_str().to_uppercase(),
-                    within.as_secs_f64()
-                ),
+            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
+            if let Some(done) = peer_up_outcome(self.role, within, next) {
+                return done;
             }
         }
     }
@@ -496,6 +490,31 @@ impl Drop for Link {
         }
     }
 }
+
+/// One step of waiting for the peer: `None` to keep waiting (an event other than
+/// `PeerUp`), else how the wait ends.
+fn peer_up_outcome(
+    role: Role,
+    within: Duration,
+    next: Result<Option<LinkEvent>, tokio::time::error::Elapsed>,
+) -> Option<anyhow::Result<()>> {
+    match next {
+        Ok(Some(LinkEvent::PeerUp { .. })) => Some(Ok(())),
+        Ok(Some(_)) => None,
+        Ok(None) => Some(Err(anyhow::anyhow!("the link stopped"))),
+        Err(_) => Some(Err(anyhow::anyhow!(
+            "no {} answered within {:.1} s",
+            role.peer().as_str().to_uppercase(),
+            within.as_secs_f64()
+        ))),
+    }
+}
+
+/// The longest heartbeat interval a link end may use: below the default 600 ms peer
+/// timeout, so that an idle peer is not taken for gone.
+pub const MAX_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The shortest heartbeat interval accepted from configuration.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
 async fn open_session(config: &LinkConfig) -> anyhow::Result<zenoh::Session> {
     zenoh::open(config.zenoh.to_config()?)
@@ -800,15 +819,9 @@ impl LinkEnd {
         let role = self.role();
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.recv()).await {
-                Ok(Some(LinkEvent::PeerUp { .. })) => return Ok(()),
-                Ok(Some(_)) => {}
-                Ok(None) => anyhow::bail!("the link stopped"),
-                Err(_) => anyhow::bail!(
-                    "no {} answered within {:.1} s",
-                    role.peer().as_str().to_uppercase(),
-                    within.as_secs_f64()
-                ),
+            let next = tokio::time::timeout_at(deadline, self.recv()).await;
+            if let Some(done) = peer_up_outcome(role, within, next) {
+                return done;
             }
         }
     }

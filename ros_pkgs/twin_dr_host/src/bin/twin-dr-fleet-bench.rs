@@ -280,9 +280,11 @@ async fn load(
         twinlink_link::sync::MAX_PEER_ACK_DELAY.as_millis()
     );
     anyhow::ensure!(
-        timing.heartbeat >= Duration::from_millis(10)
-            && timing.heartbeat <= Duration::from_millis(500),
-        "--heartbeat-ms must be within 10..=500 (below the twin's 600 ms peer timeout)"
+        (twinlink_link::link::MIN_HEARTBEAT..=twinlink_link::link::MAX_HEARTBEAT)
+            .contains(&timing.heartbeat),
+        "--heartbeat-ms must be within {}..={} (below the twin's 600 ms peer timeout)",
+        twinlink_link::link::MIN_HEARTBEAT.as_millis(),
+        twinlink_link::link::MAX_HEARTBEAT.as_millis()
     );
     anyhow::ensure!(
         up_within >= 0.0 && warmup_s >= 0.0 && seconds > 0.0,

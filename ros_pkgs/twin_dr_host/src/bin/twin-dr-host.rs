@@ -103,9 +103,13 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
     if args.checkpoint_every == 0 {
         anyhow::bail!("--checkpoint-every must be at least 1");
     }
-    if !(10..=500).contains(&args.link_heartbeat_ms) {
+    let (lo, hi) = (
+        twinlink_link::link::MIN_HEARTBEAT.as_millis() as u64,
+        twinlink_link::link::MAX_HEARTBEAT.as_millis() as u64,
+    );
+    if !(lo..=hi).contains(&args.link_heartbeat_ms) {
         anyhow::bail!(
-            "--link-heartbeat-ms must be within 10..=500 (below the vehicles' 600 ms peer timeout), got {}",
+            "--link-heartbeat-ms must be within {lo}..={hi} (below the vehicles' 600 ms peer timeout), got {}",
             args.link_heartbeat_ms
         );
     }
