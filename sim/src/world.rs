@@ -176,10 +176,22 @@ impl Lanes {
     }
 
     /// The first occupant of `lane` whose back is at or ahead of `s`, other than `me`, that
-    /// a driver at `s` sees (within the sight distance and the occupant's visibility).
-    fn leader(&self, lane: usize, s: f64, me: i64) -> Option<Occupant> {
+    /// a driver whose front is at `s` and back at `back` sees (within the sight distance and
+    /// the occupant's visibility).
+    fn leader(&self, lane: usize, s: f64, back: f64, me: i64) -> Option<Occupant> {
         let l = &self.lanes[lane];
         let start = l.partition_point(|o| o.s_back < s - 1e-9);
+        // Something the front is already in (after a collision) stays the leader, at a gap
+        // below zero, so that nothing drives through what it hit (what starts behind the
+        // vehicle's back, such as a closure it was already past, does not count).
+        if let Some(o) = l[..start]
+            .iter()
+            .rev()
+            .take_while(|o| o.s_back >= s - self.longest)
+            .find(|o| o.who != me && o.s_front > s && o.s_back > back)
+        {
+            return Some(*o);
+        }
         for o in &l[start..] {
             let gap = o.s_back - s;
             if gap > self.sight {
@@ -477,7 +489,8 @@ impl World {
         self.activate_hazards();
         let obstacles = self.obstacles();
         let lanes = self.lanes(&obstacles);
-        let leader = |lane: usize, s: f64, me: i64| lanes.leader(lane, s, me);
+        let leader =
+            |lane: usize, v: &Vehicle| lanes.leader(lane, v.s, v.s - v.length, v.id as i64);
         let follower = |lane: usize, s_back: f64, me: i64| lanes.follower(lane, s_back, me);
         let v0_of = |v: &Vehicle| -> f64 {
             let limit = self.limit_at(v.s).min(self.limit_at(v.s + LIMIT_LOOKAHEAD));
@@ -496,7 +509,7 @@ impl World {
         let mut change: Vec<Option<(usize, f64, f64)>> = vec![None; n];
         for (i, v) in self.vehicles.iter().enumerate() {
             let me = v.id as i64;
-            let lead = leader(v.lane, v.s, me);
+            let lead = leader(v.lane, v);
             let a_now = accel_behind(v, lead);
             accel[i] = a_now;
             if v.cooldown > 0.0 {
@@ -511,7 +524,7 @@ impl World {
                 if target >= self.scenario.road.lanes {
                     continue;
                 }
-                let new_lead = leader(target, v.s, me);
+                let new_lead = leader(target, v);
                 let new_follower = follower(target, v.s - v.length, me);
                 // Room: nothing beside the vehicle in the target lane, nor within 1 m.
                 if lanes.blocked(target, v.s - v.length, v.s, 1.0, me) {
@@ -524,7 +537,7 @@ impl World {
                 let nf = new_follower.map_or((0.0, 0.0), |(j, gap)| {
                     let f = &self.vehicles[j];
                     (
-                        accel_behind(f, leader(target, f.s, f.id as i64)),
+                        accel_behind(f, leader(target, f)),
                         f.idm.accel(f.v, v0_of(f), Some((gap, v.v))),
                     )
                 });
@@ -635,6 +648,9 @@ impl World {
     fn check_contacts(&mut self, obstacles: &[Obstacle]) {
         let lanes = self.lanes(obstacles);
         let mut contacts = Vec::new();
+        // A vehicle in contact with what is ahead moves no faster than it (an inelastic
+        // crash: the pair stays in contact, and counts once).
+        let mut crashed: Vec<(usize, f64)> = Vec::new();
         for l in &lanes.lanes {
             for (k, o) in l.iter().enumerate() {
                 let Some(i) = o.vehicle else { continue };
@@ -645,6 +661,7 @@ impl World {
                     let gap = a.s_back - v.s;
                     if gap < 0.0 {
                         contacts.push((v.id, a.who));
+                        crashed.push((i, a.v));
                         continue;
                     }
                     if v.v > a.v {
@@ -657,7 +674,13 @@ impl World {
         for c in &contacts {
             if !self.contacts.contains(c) {
                 self.stats.collisions += 1;
+                // At contact the time to collision is zero.
+                self.stats.min_ttc = 0.0;
             }
+        }
+        for (i, v_ahead) in crashed {
+            let v = &mut self.vehicles[i];
+            v.v = v.v.min(v_ahead.max(0.0));
         }
         self.contacts = contacts;
     }
@@ -853,6 +876,27 @@ mod tests {
             "{late:?} vs {early:?}"
         );
         assert_eq!(late.collisions, 0, "{late:?}");
+    }
+
+    #[test]
+    fn a_collision_is_counted_once_with_its_hard_brake_and_a_tiny_time_to_collision() {
+        // The counters behind every "collision-free" assertion: a car 1.5 m behind a
+        // standing one at 25 m/s cannot stop.
+        let s = scenario("", 2, 0.0, 10.0);
+        let mut w = World::new(&s);
+        w.place(&[(0, 100.0, false), (0, 106.0, false)]);
+        w.vehicle_mut(1).unwrap().desired_speed = 0.0;
+        w.vehicle_mut(1).unwrap().v = 0.0;
+        w.vehicle_mut(0).unwrap().v = 25.0;
+        w.vehicle_mut(0).unwrap().cooldown = 100.0; // no escape to another lane
+        w.run_until(3.0);
+        let st = w.stats();
+        assert_eq!(
+            st.collisions, 1,
+            "one pair, counted once while in contact: {st:?}"
+        );
+        assert_eq!(st.hard_brakes, 1, "{st:?}");
+        assert_eq!(st.min_ttc, 0.0, "{st:?}");
     }
 
     #[test]
