@@ -205,7 +205,9 @@ fn carla_and_gazebo_variants_remap_onto_the_simulators_topics() {
     );
     let nodes: Vec<String> = serde_json::from_value(g["nodes"].clone()).unwrap();
     assert!(
-        !nodes.iter().any(|n| n.ends_with("radar_summarizer")),
+        !nodes
+            .iter()
+            .any(|n| n.starts_with(&format!("/{}/", l.vehicle)) && n.ends_with("radar_summarizer")),
         "no radar in Gazebo: {nodes:?}"
     );
     stop_and_check(l);

@@ -101,22 +101,56 @@ impl Drop for Supervised {
 }
 
 /// A ROS domain and namespace private to one run.
+///
+/// The domain is reserved across processes: each run holds an exclusive lock on
+/// `$TMPDIR/twinlink-ros-domains/<id>.lock` for as long as any clone of its `Isolation`
+/// lives (or its process does), so parallel test binaries never share a ROS graph.
 #[derive(Debug, Clone)]
 pub struct Isolation {
     /// `ROS_DOMAIN_ID` for every process of the run (1..=100).
     pub domain_id: u32,
     /// Namespace prefix for the run's topics, e.g. `/run_12345_678`.
     pub namespace: String,
+    /// The lock that reserves `domain_id` (None when every domain was taken).
+    _reservation: Option<std::sync::Arc<std::fs::File>>,
 }
 
+/// Domains handed out to runs: 1..=100 (0 is the default that stray processes use).
+const RUN_DOMAINS: u32 = 100;
+
 impl Isolation {
-    /// A fresh domain and namespace, drawn from the process id and a random number.
+    /// A fresh domain and namespace. The domain is the first free one from a random start;
+    /// if all 100 are reserved (more parallel runs than domains), a random one is shared.
     pub fn new(label: &str) -> Self {
         let nonce: u32 = rand::random::<u32>() % 100_000;
         let pid = std::process::id();
+        let start = pid.wrapping_mul(7919).wrapping_add(nonce) % RUN_DOMAINS;
+        let dir = std::env::temp_dir().join("twinlink-ros-domains");
+        let _ = std::fs::create_dir_all(&dir);
+        let mut reserved = None;
+        for step in 0..RUN_DOMAINS {
+            let domain_id = 1 + (start + step) % RUN_DOMAINS;
+            let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{domain_id}.lock")))
+            else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                reserved = Some((domain_id, std::sync::Arc::new(file)));
+                break;
+            }
+        }
+        let (domain_id, reservation) = match reserved {
+            Some((id, file)) => (id, Some(file)),
+            None => (1 + start, None),
+        };
         Self {
-            domain_id: 1 + (pid.wrapping_mul(7919).wrapping_add(nonce)) % 100,
+            domain_id,
             namespace: format!("/{label}_{pid}_{nonce}"),
+            _reservation: reservation,
         }
     }
 
@@ -170,4 +204,25 @@ pub fn require_ros_environment() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Isolation;
+
+    #[test]
+    fn runs_alive_at_once_never_share_a_domain() {
+        let runs: Vec<Isolation> = (0..5).map(|_| Isolation::new("t")).collect();
+        let mut domains: Vec<u32> = runs.iter().map(|r| r.domain_id).collect();
+        assert!(domains.iter().all(|d| (1..=100).contains(d)), "{domains:?}");
+        domains.sort_unstable();
+        domains.dedup();
+        assert_eq!(domains.len(), runs.len(), "a domain was handed out twice");
+        // Another process (here: another open of the file) cannot take a held domain.
+        let lock = std::env::temp_dir()
+            .join("twinlink-ros-domains")
+            .join(format!("{}.lock", runs[0].domain_id));
+        let other = std::fs::File::open(lock).unwrap();
+        assert!(other.try_lock().is_err(), "a held domain could be taken");
+    }
 }
