@@ -12,10 +12,15 @@
 //! - [`fast`]: fast mode, the world with every connected vehicle's link path and twin (the
 //!   link's and the DR host's own code) in one process on the virtual clock.
 //!
+//! - [`realtime`]: real-time mode's simulator side: the world on the wall clock and the raw
+//!   sensor data (LiDAR and radar point clouds, odometry, camera detections) of the vehicles
+//!   that real ROS 2 nodes drive; their twins' advice applied to their drivers.
+//!
 //! Coverage along the road ([`scenario::CoverageSpec::at`]) gives the link quality a
 //! connected vehicle has where it is, for the link's fault layer to apply.
 
 pub mod fast;
+pub mod realtime;
 pub mod scenario;
 pub mod sensors;
 pub mod traffic;

@@ -121,15 +121,15 @@ impl SensorModel {
 
 /// Something a sensor could see, in the observer's base_link.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
-    id: u32,
-    class: u8,
-    x: f64,
-    y: f64,
-    length: f64,
-    width: f64,
-    height: f64,
-    v: f64,
+pub(crate) struct Candidate {
+    pub(crate) id: u32,
+    pub(crate) class: u8,
+    pub(crate) x: f64,
+    pub(crate) y: f64,
+    pub(crate) length: f64,
+    pub(crate) width: f64,
+    pub(crate) height: f64,
+    pub(crate) v: f64,
     /// Angular interval it covers [rad], lo < hi (never across ±π: see `interval`).
     lo: f64,
     hi: f64,
@@ -184,7 +184,9 @@ fn uncovered(lo: f64, hi: f64, covers: &[(f64, f64)]) -> f64 {
 }
 
 /// Every vehicle and active hazard near `observer`, in its base_link.
-fn candidates(world: &World, observer: u32, reach: f64) -> Option<Vec<Candidate>> {
+/// Vehicles and hazards within `reach` of `observer` (hazards behind a crest only as near
+/// as they are visible), relative to it.
+pub(crate) fn candidates(world: &World, observer: u32, reach: f64) -> Option<Vec<Candidate>> {
     let lane_width = world.scenario().road.lane_width_m;
     let me = world.vehicles().iter().find(|v| v.id == observer)?;
     let (ox, oy) = (me.s - me.length / 2.0, me.lane as f64 * lane_width);

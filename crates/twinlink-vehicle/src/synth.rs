@@ -86,6 +86,32 @@ impl SceneObject {
         self
     }
 
+    /// The azimuths from `origin` (x, y) that the box's footprint covers, as `(lo, hi)` in
+    /// radians with `lo <= hi` and `lo` in [-π, π) (`hi` may exceed π when the box straddles
+    /// the rear); `None` when the origin is inside the footprint (every azimuth may hit).
+    pub fn azimuth_interval(&self, origin: [f64; 2]) -> Option<(f64, f64)> {
+        let (s, c) = self.yaw.sin_cos();
+        let (dx, dy) = (origin[0] - self.x, origin[1] - self.y);
+        let (lx, ly) = (dx * c + dy * s, -dx * s + dy * c);
+        if lx.abs() <= self.length / 2.0 && ly.abs() <= self.width / 2.0 {
+            return None;
+        }
+        let centre = (self.y - origin[1]).atan2(self.x - origin[0]);
+        let (mut lo, mut hi) = (0.0f64, 0.0f64);
+        for (kx, ky) in [(-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0)] {
+            let (cx, cy) = (kx * self.length / 2.0, ky * self.width / 2.0);
+            let (wx, wy) = (self.x + cx * c - cy * s, self.y + cx * s + cy * c);
+            let a = (wy - origin[1]).atan2(wx - origin[0]);
+            let d = (a - centre + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+                - std::f64::consts::PI;
+            lo = lo.min(d);
+            hi = hi.max(d);
+        }
+        let lo_abs = (centre + lo + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+            - std::f64::consts::PI;
+        Some((lo_abs, lo_abs + (hi - lo)))
+    }
+
     /// Distance along the ray `origin + t * dir` to the box's surface, if it hits.
     pub fn intersect(&self, origin: [f64; 3], dir: [f64; 3], ground: f64) -> Option<f64> {
         let (s, c) = self.yaw.sin_cos();
@@ -168,10 +194,38 @@ impl LidarModel {
     /// One revolution: an unorganized cloud of the returns (x, y, z, intensity as float32)
     /// in the LiDAR's frame. Rays that hit nothing within range return nothing.
     pub fn scan(&self, scene: &Scene, seed: u64) -> PointCloud2 {
+        self.scan_culled(scene, seed, true)
+    }
+
+    /// [`LidarModel::scan`], testing each ray against only the boxes in its column's
+    /// azimuth (`cull`) or against every box.
+    fn scan_culled(&self, scene: &Scene, seed: u64, cull: bool) -> PointCloud2 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let noise = Normal::new(0.0, self.noise_m.max(1e-9)).expect("finite sigma");
         let mut values = Vec::with_capacity(self.beams * self.columns);
         let origin = [0.0, 0.0, self.height];
+        // Which boxes each column's rays can hit: those whose footprint covers its azimuth
+        // (a conservative test, so the hits are those of testing every box).
+        let column_of = |azimuth: f64| -> f64 {
+            (azimuth + std::f64::consts::PI) / std::f64::consts::TAU * self.columns as f64
+        };
+        let mut by_column: Vec<Vec<u32>> = vec![Vec::new(); self.columns];
+        for (k, o) in scene.objects.iter().enumerate() {
+            match o.azimuth_interval([origin[0], origin[1]]).filter(|_| cull) {
+                None => by_column.iter_mut().for_each(|c| c.push(k as u32)),
+                Some((lo, hi)) => {
+                    let first = column_of(lo).floor() as i64 - 1;
+                    let last = column_of(hi).ceil() as i64 + 1;
+                    let n = self.columns as i64;
+                    for col in first..=last.min(first + n - 1) {
+                        let list = &mut by_column[col.rem_euclid(n) as usize];
+                        if list.last() != Some(&(k as u32)) {
+                            list.push(k as u32);
+                        }
+                    }
+                }
+            }
+        }
         for beam in 0..self.beams {
             let elevation = self.lowest
                 + (self.highest - self.lowest) * beam as f64 / (self.beams.max(2) - 1) as f64;
@@ -188,7 +242,8 @@ impl LidarModel {
                 let mut hit =
                     (denom < -1e-9).then(|| (self.ground_slope * origin[0] - origin[2]) / denom);
                 let mut intensity = 0.1f32;
-                for o in &scene.objects {
+                for &k in &by_column[column] {
+                    let o = &scene.objects[k as usize];
                     if let Some(t) = o.intersect(origin, dir, self.ground_slope * o.x) {
                         if hit.is_none_or(|h| t < h) {
                             hit = Some(t);
@@ -259,6 +314,49 @@ mod tests {
             .is_none());
         let cloud = LidarModel::default().scan(&Scene { objects: vec![car] }, 1);
         assert!(cloud.width > 30_000);
+    }
+
+    #[test]
+    fn culling_by_azimuth_keeps_every_hit() {
+        // A box behind (straddling ±π), a rotated one, a pedestrian, a box around the origin.
+        let mut scene = Scene {
+            objects: vec![
+                SceneObject::truck(-20.0, 0.3, 0.1),
+                SceneObject::car(12.0, 4.0, 0.7),
+                SceneObject::car(-7.0, -3.5, 3.0),
+                SceneObject::pedestrian(3.0, -2.0),
+            ],
+        };
+        let model = LidarModel {
+            beams: 16,
+            columns: 720,
+            ..LidarModel::default()
+        };
+        let culled = model.scan_culled(&scene, 4, true);
+        assert_eq!(culled, model.scan_culled(&scene, 4, false));
+        // Returns from the boxes (intensity 0.6 and above), not only the ground.
+        let box_hits = culled
+            .data
+            .chunks(culled.point_step as usize)
+            .filter(|p| f32::from_le_bytes(p[12..16].try_into().unwrap()) >= 0.6)
+            .count();
+        assert!(box_hits > 200, "{box_hits}");
+        scene.objects.push(SceneObject::car(0.5, 0.0, 0.0));
+        assert_eq!(
+            model.scan_culled(&scene, 4, true),
+            model.scan_culled(&scene, 4, false)
+        );
+        // Every azimuth interval contains the bearing of the box centre.
+        for o in &scene.objects[..4] {
+            let (lo, hi) = o.azimuth_interval([0.0, 0.0]).unwrap();
+            let b = o.y.atan2(o.x);
+            let tau = std::f64::consts::TAU;
+            assert!(
+                (lo..=hi).contains(&b) || (lo..=hi).contains(&(b + tau)),
+                "{o:?} {lo} {hi} {b}"
+            );
+        }
+        assert_eq!(scene.objects[4].azimuth_interval([0.0, 0.0]), None);
     }
 
     #[test]
