@@ -211,8 +211,14 @@ struct Counts {
 
 /// The twin's road for the scenario's: straight along map x, lane 0's centre at y = 0.
 pub fn twin_road(s: &Scenario) -> Result<Road, FastError> {
+    Road::new(twin_road_spec(s)).map_err(|e| FastError::Road(e.to_string()))
+}
+
+/// The scenario's road as the DR host's road file describes it (`--road`): straight along
+/// map x, lane 0's centre at y = 0, segments of 1 km.
+pub fn twin_road_spec(s: &Scenario) -> RoadSpec {
     let n = (s.road.length_m / 1000.0).ceil().max(1.0) as usize;
-    Road::new(RoadSpec {
+    RoadSpec {
         points: vec![[0.0, 0.0], [s.road.length_m, 0.0]],
         lanes: s.road.lanes as u32,
         lane_width: s.road.lane_width_m,
@@ -226,8 +232,7 @@ pub fn twin_road(s: &Scenario) -> Result<Road, FastError> {
             from_s: 0.0,
             limit: s.road.speed_limit_mps,
         }],
-    })
-    .map_err(|e| FastError::Road(e.to_string()))
+    }
 }
 
 /// One summary from several sensors' reports: for each object, the report of the sensor

@@ -16,11 +16,17 @@
 //!   sensor data (LiDAR and radar point clouds, odometry, camera detections) of the vehicles
 //!   that real ROS 2 nodes drive; their twins' advice applied to their drivers.
 //!
+//! - [`report`], [`plots`], [`recording`]: the demo's comparison (table, `report.json`),
+//!   its PNG plots and its MCAP recording.
+//!
 //! Coverage along the road ([`scenario::CoverageSpec::at`]) gives the link quality a
 //! connected vehicle has where it is, for the link's fault layer to apply.
 
 pub mod fast;
+pub mod plots;
 pub mod realtime;
+pub mod recording;
+pub mod report;
 pub mod scenario;
 pub mod sensors;
 pub mod traffic;

@@ -609,6 +609,8 @@ pub struct RealtimeReport {
     pub scenario: String,
     /// Its seed.
     pub seed: u64,
+    /// Wall-clock time of simulated time 0 [us since the Unix epoch].
+    pub epoch_us: u64,
     /// Wall-clock time of the run [s].
     pub wall_s: f64,
     /// Steps that ran more than one step late (the machine could not keep up).

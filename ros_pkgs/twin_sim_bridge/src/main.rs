@@ -297,6 +297,7 @@ fn run(args: Args) -> Result<()> {
     let report = RealtimeReport {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
+        epoch_us,
         wall_s: started.elapsed().as_secs_f64(),
         late_steps,
         max_lag_s: max_lag,
