@@ -93,20 +93,16 @@ fn time_space(
     chart
         .draw_series(snapshots.iter().flat_map(|s| {
             s.vehicles.iter().map(move |v| {
-                Circle::new(
-                    (s.t, v.s),
-                    1,
-                    speed_colour(v.v / input.limit_mps).filled(),
-                )
+                Circle::new((s.t, v.s), 1, speed_colour(v.v / input.limit_mps).filled())
             })
         }))
         .map_err(err)?;
     // Hazards: their stretch while active.
     chart
         .draw_series(snapshots.iter().flat_map(|s| {
-            s.hazards
-                .iter()
-                .map(move |&(_, back, front)| Rectangle::new([(s.t, back), (s.t + 0.5, front + 20.0)], BLACK.filled()))
+            s.hazards.iter().map(move |&(_, back, front)| {
+                Rectangle::new([(s.t, back), (s.t + 0.5, front + 20.0)], BLACK.filled())
+            })
         }))
         .map_err(err)?;
     // The driven vehicles' trajectories.
@@ -130,7 +126,9 @@ fn time_space(
             ))
             .map_err(err)?
             .label(name.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
     }
     if !names.is_empty() {
         chart
@@ -216,7 +214,10 @@ pub fn plot_speeds(path: &Path, input: &PlotInput) -> Result<(), String> {
         .map_err(err)?;
 
     let mut chart = ChartBuilder::on(&areas[1])
-        .caption("twinned vehicles: speed (line) and advice (dots)", (FONT, 20))
+        .caption(
+            "twinned vehicles: speed (line) and advice (dots)",
+            (FONT, 20),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -249,7 +250,9 @@ pub fn plot_speeds(path: &Path, input: &PlotInput) -> Result<(), String> {
             ))
             .map_err(err)?
             .label(name.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
         chart
             .draw_series(
                 input
@@ -368,12 +371,7 @@ pub fn plot_latency_cdf(path: &Path, input: &PlotInput) -> Result<(), String> {
         .collect();
     advice.sort_by(f64::total_cmp);
     rtt.sort_by(f64::total_cmp);
-    let top = advice
-        .iter()
-        .chain(&rtt)
-        .copied()
-        .fold(1.0f64, f64::max)
-        * 1.05;
+    let top = advice.iter().chain(&rtt).copied().fold(1.0f64, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption("latency distribution", (FONT, 20))
         .margin(10)
@@ -403,7 +401,9 @@ pub fn plot_latency_cdf(path: &Path, input: &PlotInput) -> Result<(), String> {
             ))
             .map_err(err)?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -420,7 +420,10 @@ pub fn plot_latency_cdf(path: &Path, input: &PlotInput) -> Result<(), String> {
 pub fn plot_all(dir: &Path, input: &PlotInput) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     for (name, plot) in [
-        ("time_space.png", plot_time_space as fn(&Path, &PlotInput) -> Result<(), String>),
+        (
+            "time_space.png",
+            plot_time_space as fn(&Path, &PlotInput) -> Result<(), String>,
+        ),
         ("speeds.png", plot_speeds),
         ("link_quality.png", plot_link_quality),
         ("latency_cdf.png", plot_latency_cdf),
@@ -500,7 +503,12 @@ mod tests {
             let bytes = std::fs::read(&p).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display());
             // A blank white image compresses to almost nothing.
-            assert!(bytes.len() > 10_000, "{}: {} bytes", p.display(), bytes.len());
+            assert!(
+                bytes.len() > 10_000,
+                "{}: {} bytes",
+                p.display(),
+                bytes.len()
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -40,7 +40,8 @@ use crate::scenario::Scenario;
 use crate::sensors::{candidates, observe, SensorModel};
 use crate::world::{World, WorldStats};
 
-/// Sensor rates and models of the driven vehicles.
+/// Sensor rates and models of the driven vehicles. A sensor produces at most one message
+/// per world step (0.1 s by default): rates above the step rate are capped by it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RealtimeConfig {
     /// The LiDAR (its mounting height must match the summarizer's `mount_z`).
@@ -78,8 +79,8 @@ impl Default for RealtimeConfig {
                 z: 0.5,
                 ..Mounting::default()
             },
-            radar_hz: 20.0,
-            odom_hz: 20.0,
+            radar_hz: 10.0,
+            odom_hz: 10.0,
             camera: SensorModel::camera(),
         }
     }
@@ -92,8 +93,8 @@ pub enum SensorOutput {
     Lidar(PointCloud2),
     /// A radar frame (frame `radar_front`).
     Radar(PointCloud2),
-    /// The vehicle's odometry.
-    Odometry(Odometry),
+    /// The vehicle's odometry (boxed: its covariances make it the largest variant).
+    Odometry(Box<Odometry>),
     /// The camera's detections (frame `base_link`).
     Camera(PerceptionSummary),
 }
@@ -266,6 +267,17 @@ pub fn choose_driven(world: &World, n: usize) -> Vec<u32> {
     connected.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
+/// The next time a sensor of `hz` is due after one due at `due`, at time `t`: one period
+/// later, or the first period after `t` if the world's step is longer than the period.
+fn next_tick(due: f64, hz: f64, t: f64) -> f64 {
+    let period = 1.0 / hz;
+    let mut next = due + period;
+    if next <= t + 1e-9 {
+        next += ((t - next) / period).floor().max(0.0) * period + period;
+    }
+    next
+}
+
 /// A ROS time from microseconds since the epoch.
 pub fn ros_time(us: u64) -> Time {
     Time {
@@ -361,7 +373,7 @@ impl RealtimeSim {
             }
             let d = &mut self.driven[k];
             if t + 1e-9 >= d.next_odom {
-                d.next_odom += 1.0 / self.config.odom_hz;
+                d.next_odom = next_tick(d.next_odom, self.config.odom_hz, t);
                 d.stats.odometry += 1;
                 let mut o = Odometry::default();
                 o.header.stamp = ros_time(stamp_us);
@@ -375,7 +387,7 @@ impl RealtimeSim {
                     o.pose.covariance[i] = 0.01;
                     o.twist.covariance[i] = 0.01;
                 }
-                out.push((k, SensorOutput::Odometry(o)));
+                out.push((k, SensorOutput::Odometry(Box::new(o))));
             }
             let lidar_due = t + 1e-9 >= d.next_lidar;
             let radar_due = t + 1e-9 >= d.next_radar;
@@ -386,7 +398,7 @@ impl RealtimeSim {
                 let d = &mut self.driven[k];
                 let frame_seed = self.seed ^ ((k as u64) << 48) ^ (stamp_us / 1000);
                 if lidar_due {
-                    d.next_lidar += 1.0 / self.config.lidar_hz;
+                    d.next_lidar = next_tick(d.next_lidar, self.config.lidar_hz, t);
                     let mut cloud = self.config.lidar.scan(&scene, frame_seed);
                     cloud.header.stamp = ros_time(stamp_us);
                     d.stats.lidar_frames += 1;
@@ -394,7 +406,7 @@ impl RealtimeSim {
                     out.push((k, SensorOutput::Lidar(cloud)));
                 }
                 if radar_due {
-                    d.next_radar += 1.0 / self.config.radar_hz;
+                    d.next_radar = next_tick(d.next_radar, self.config.radar_hz, t);
                     let ego = EgoMotion {
                         vx: me.v,
                         vy: 0.0,
@@ -414,7 +426,7 @@ impl RealtimeSim {
             }
             let d = &mut self.driven[k];
             if camera_due {
-                d.next_camera += 1.0 / self.config.camera.rate_hz;
+                d.next_camera = next_tick(d.next_camera, self.config.camera.rate_hz, t);
                 if let Some(mut s) = observe(
                     &self.world,
                     id,
@@ -691,8 +703,7 @@ mod tests {
                 }
             }
         }
-        // 10 Hz LiDAR, 20 Hz radar and odometry over 2 s (the world steps at 10 Hz, so the
-        // radar's two frames of a step come out together).
+        // 10 Hz LiDAR, radar and odometry over 2 s.
         assert_eq!(lidar.len(), 20);
         assert!((19..=21).contains(&odom.len()), "{}", odom.len());
         assert!((19..=21).contains(&radar), "{radar}");
@@ -719,6 +730,17 @@ mod tests {
         assert_eq!(last.pose.pose.position.y, v.lane as f64 * 3.5);
         assert_eq!(last.header.frame_id, "map");
         assert_eq!(last.child_frame_id, "base_link");
+    }
+
+    #[test]
+    fn sensor_clocks_keep_their_rate_or_the_steps_without_falling_behind() {
+        // 10 Hz on 0.1 s steps: every step.
+        assert!((next_tick(0.3, 10.0, 0.3) - 0.4).abs() < 1e-9);
+        // 20 Hz on 0.1 s steps: the next due time is after the current step.
+        let n = next_tick(0.3, 20.0, 0.3);
+        assert!(n > 0.3 + 1e-9 && n <= 0.4 + 1e-9, "{n}");
+        // 5 Hz: every other step.
+        assert!((next_tick(0.2, 5.0, 0.2) - 0.4).abs() < 1e-9);
     }
 
     #[test]

@@ -32,14 +32,25 @@ fn cube(x: f64, y: f64, length: f64, width: f64, height: f64, rgba: [f64; 4]) ->
 pub fn scene_update(s: &Snapshot, ns: u64, lane_width: f64, limit: f64) -> Value {
     let mut cubes = Vec::new();
     for v in &s.vehicles {
-        let (length, width, height) = if v.truck { (12.0, 2.5, 3.5) } else { (4.5, 1.9, 1.5) };
+        let (length, width, height) = if v.truck {
+            (12.0, 2.5, 3.5)
+        } else {
+            (4.5, 1.9, 1.5)
+        };
         let f = (v.v / limit).clamp(0.0, 1.0);
         let rgba = if v.driven.is_some() {
             [0.1, 0.3, 1.0, 1.0]
         } else {
             [1.0 - f, f, 0.1, 0.9]
         };
-        cubes.push(cube(v.s - length / 2.0, v.lane as f64 * lane_width, length, width, height, rgba));
+        cubes.push(cube(
+            v.s - length / 2.0,
+            v.lane as f64 * lane_width,
+            length,
+            width,
+            height,
+            rgba,
+        ));
     }
     for &(lane, back, front) in &s.hazards {
         cubes.push(cube(
@@ -99,7 +110,11 @@ pub fn write_mcap(
         .add_channel(scene_schema, "/sim/scene", "json", &none)
         .map_err(err)?;
     let snapshot_schema = w
-        .add_schema("twinlink.sim.Snapshot", "jsonschema", &schema(&["t", "vehicles", "hazards"]))
+        .add_schema(
+            "twinlink.sim.Snapshot",
+            "jsonschema",
+            &schema(&["t", "vehicles", "hazards"]),
+        )
         .map_err(err)?;
     let vehicles = w
         .add_channel(snapshot_schema, "/sim/vehicles", "json", &none)
@@ -108,14 +123,31 @@ pub fn write_mcap(
         .add_schema(
             "twinlink.sim.AdviceSample",
             "jsonschema",
-            &schema(&["t", "vehicle", "target_speed", "target_lane", "reason_code", "reason", "latency_ms"]),
+            &schema(&[
+                "t",
+                "vehicle",
+                "target_speed",
+                "target_lane",
+                "reason_code",
+                "reason",
+                "latency_ms",
+            ]),
         )
         .map_err(err)?;
     let link_schema = w
         .add_schema(
             "twinlink.sim.LinkSample",
             "jsonschema",
-            &schema(&["t", "vehicle", "link_state", "rtt_s", "measured_bandwidth_bps", "uplink_bytes", "downlink_bytes", "buffered"]),
+            &schema(&[
+                "t",
+                "vehicle",
+                "link_state",
+                "rtt_s",
+                "measured_bandwidth_bps",
+                "uplink_bytes",
+                "downlink_bytes",
+                "buffered",
+            ]),
         )
         .map_err(err)?;
     let mut per_vehicle: BTreeMap<(String, bool), u16> = BTreeMap::new();
@@ -125,10 +157,16 @@ pub fn write_mcap(
         let (t, channel, data) = match record {
             TraceRecord::Snapshot(s) => {
                 let ns = (epoch_us + (s.t.max(0.0) * 1e6) as u64) * 1000;
-                let update = serde_json::to_vec(&scene_update(s, ns, lane_width, limit)).map_err(err)?;
+                let update =
+                    serde_json::to_vec(&scene_update(s, ns, lane_width, limit)).map_err(err)?;
                 sequence += 1;
                 w.write_to_known_channel(
-                    &MessageHeader { channel_id: scene, sequence, log_time: ns, publish_time: ns },
+                    &MessageHeader {
+                        channel_id: scene,
+                        sequence,
+                        log_time: ns,
+                        publish_time: ns,
+                    },
                     &update,
                 )
                 .map_err(err)?;
@@ -141,7 +179,12 @@ pub fn write_mcap(
                     Some(id) => *id,
                     None => {
                         let id = w
-                            .add_channel(advice_schema, &format!("/{}/twin/recommendation", a.vehicle), "json", &none)
+                            .add_channel(
+                                advice_schema,
+                                &format!("/{}/twin/recommendation", a.vehicle),
+                                "json",
+                                &none,
+                            )
                             .map_err(err)?;
                         per_vehicle.insert(key, id);
                         id
@@ -155,7 +198,12 @@ pub fn write_mcap(
                     Some(id) => *id,
                     None => {
                         let id = w
-                            .add_channel(link_schema, &format!("/{}/twin/status", l.vehicle), "json", &none)
+                            .add_channel(
+                                link_schema,
+                                &format!("/{}/twin/status", l.vehicle),
+                                "json",
+                                &none,
+                            )
                             .map_err(err)?;
                         per_vehicle.insert(key, id);
                         id
@@ -167,7 +215,12 @@ pub fn write_mcap(
         let ns = (epoch_us + (t.max(0.0) * 1e6) as u64) * 1000;
         sequence += 1;
         w.write_to_known_channel(
-            &MessageHeader { channel_id: channel, sequence, log_time: ns, publish_time: ns },
+            &MessageHeader {
+                channel_id: channel,
+                sequence,
+                log_time: ns,
+                publish_time: ns,
+            },
             &data,
         )
         .map_err(err)?;
@@ -221,7 +274,10 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let topics: Vec<&str> = messages.iter().map(|m| m.channel.topic.as_str()).collect();
-        assert_eq!(topics, ["/sim/scene", "/sim/vehicles", "/car_1/twin/recommendation"]);
+        assert_eq!(
+            topics,
+            ["/sim/scene", "/sim/vehicles", "/car_1/twin/recommendation"]
+        );
         let scene: Value = serde_json::from_slice(&messages[0].data).unwrap();
         let cubes = scene["entities"][0]["cubes"].as_array().unwrap();
         assert_eq!(cubes.len(), 2, "the vehicle and the hazard");

@@ -138,7 +138,9 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRecord>, String> {
 }
 
 /// The snapshots, link samples and advice of a trace.
-pub fn split_trace(trace: &[TraceRecord]) -> (Vec<&Snapshot>, Vec<&LinkSample>, Vec<&AdviceSample>) {
+pub fn split_trace(
+    trace: &[TraceRecord],
+) -> (Vec<&Snapshot>, Vec<&LinkSample>, Vec<&AdviceSample>) {
     let (mut s, mut l, mut a) = (Vec::new(), Vec::new(), Vec::new());
     for r in trace {
         match r {
@@ -152,7 +154,12 @@ pub fn split_trace(trace: &[TraceRecord]) -> (Vec<&Snapshot>, Vec<&LinkSample>, 
 
 /// Where driven vehicle `name` was at time `t` (map x of its body centre, y of its lane),
 /// interpolated between the snapshots around `t`.
-pub fn truth_at(snapshots: &[&Snapshot], name: &str, t: f64, lane_width: f64) -> Option<(f64, f64)> {
+pub fn truth_at(
+    snapshots: &[&Snapshot],
+    name: &str,
+    t: f64,
+    lane_width: f64,
+) -> Option<(f64, f64)> {
     let i = snapshots.partition_point(|s| s.t <= t);
     let find = |s: &Snapshot| {
         s.vehicles
@@ -205,7 +212,11 @@ pub fn build(
     }
     let uplink: u64 = last.values().map(|l| l.uplink_bytes).sum();
     let downlink: u64 = last.values().map(|l| l.downlink_bytes).sum();
-    let raw: u64 = sim.driven.iter().map(|d| d.lidar_bytes + d.radar_bytes).sum();
+    let raw: u64 = sim
+        .driven
+        .iter()
+        .map(|d| d.lidar_bytes + d.radar_bytes)
+        .sum();
     let rtts: Vec<f64> = links
         .iter()
         .filter(|l| l.rtt_s > 0.0 && l.link_state >= 2)
@@ -277,19 +288,90 @@ fn bytes(n: u64) -> String {
 pub fn table(r: &DemoReport) -> String {
     let (b, t) = (&r.baseline, &r.twin);
     let rows: Vec<(&str, &str, String, String)> = vec![
-        ("safety", "collisions", b.collisions.to_string(), t.collisions.to_string()),
-        ("", "min time-to-collision [s]", opt(b.min_ttc_s, 2), opt(t.min_ttc_s, 2)),
-        ("", "hard brakes (< -4 m/s²)", b.hard_brakes.to_string(), t.hard_brakes.to_string()),
-        ("efficiency", "mean speed [km/h]", format!("{:.1}", b.mean_speed_mps * 3.6), format!("{:.1}", t.mean_speed_mps * 3.6)),
-        ("", "throughput [veh/h]", format!("{:.0}", b.throughput_per_h), format!("{:.0}", t.throughput_per_h)),
-        ("comms", "raw sensor data", "-".into(), bytes(r.comms.raw_sensor_bytes)),
-        ("", "uplink (PE -> DR)", "-".into(), bytes(r.comms.uplink_bytes)),
-        ("", "downlink (DR -> PE)", "-".into(), bytes(r.comms.downlink_bytes)),
-        ("", "reduction (raw / uplink)", "-".into(), opt(r.comms.uplink_reduction_factor, 0)),
-        ("", "link RTT p50 / p95 [ms]", "-".into(), format!("{:.1} / {:.1}", r.comms.rtt_ms.p50, r.comms.rtt_ms.p95)),
-        ("", "advice latency p50 / p99 [ms]", "-".into(), format!("{:.1} / {:.1}", r.comms.advice_latency_ms.p50, r.comms.advice_latency_ms.p99)),
-        ("twin", "estimate error mean / p95 [m]", "-".into(), format!("{:.2} / {:.2}", r.estimate_error_m.mean, r.estimate_error_m.p95)),
-        ("", "advice applied (binding)", "-".into(), format!("{} ({})", r.advice.applied, r.advice.binding)),
+        (
+            "safety",
+            "collisions",
+            b.collisions.to_string(),
+            t.collisions.to_string(),
+        ),
+        (
+            "",
+            "min time-to-collision [s]",
+            opt(b.min_ttc_s, 2),
+            opt(t.min_ttc_s, 2),
+        ),
+        (
+            "",
+            "hard brakes (< -4 m/s²)",
+            b.hard_brakes.to_string(),
+            t.hard_brakes.to_string(),
+        ),
+        (
+            "efficiency",
+            "mean speed [km/h]",
+            format!("{:.1}", b.mean_speed_mps * 3.6),
+            format!("{:.1}", t.mean_speed_mps * 3.6),
+        ),
+        (
+            "",
+            "throughput [veh/h]",
+            format!("{:.0}", b.throughput_per_h),
+            format!("{:.0}", t.throughput_per_h),
+        ),
+        (
+            "comms",
+            "raw sensor data",
+            "-".into(),
+            bytes(r.comms.raw_sensor_bytes),
+        ),
+        (
+            "",
+            "uplink (PE -> DR)",
+            "-".into(),
+            bytes(r.comms.uplink_bytes),
+        ),
+        (
+            "",
+            "downlink (DR -> PE)",
+            "-".into(),
+            bytes(r.comms.downlink_bytes),
+        ),
+        (
+            "",
+            "reduction (raw / uplink)",
+            "-".into(),
+            opt(r.comms.uplink_reduction_factor, 0),
+        ),
+        (
+            "",
+            "link RTT p50 / p95 [ms]",
+            "-".into(),
+            format!("{:.1} / {:.1}", r.comms.rtt_ms.p50, r.comms.rtt_ms.p95),
+        ),
+        (
+            "",
+            "advice latency p50 / p99 [ms]",
+            "-".into(),
+            format!(
+                "{:.1} / {:.1}",
+                r.comms.advice_latency_ms.p50, r.comms.advice_latency_ms.p99
+            ),
+        ),
+        (
+            "twin",
+            "estimate error mean / p95 [m]",
+            "-".into(),
+            format!(
+                "{:.2} / {:.2}",
+                r.estimate_error_m.mean, r.estimate_error_m.p95
+            ),
+        ),
+        (
+            "",
+            "advice applied (binding)",
+            "-".into(),
+            format!("{} ({})", r.advice.applied, r.advice.binding),
+        ),
     ];
     let mut out = format!(
         "{:<11} {:<31} {:>12} {:>14}\n",
@@ -422,7 +504,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("twinlink-trace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.jsonl");
-        std::fs::write(&p, "{\"kind\":\"snapshot\",\"t\":0,\"vehicles\":[],\"hazards\":[]}\nnot json\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"kind\":\"snapshot\",\"t\":0,\"vehicles\":[],\"hazards\":[]}\nnot json\n",
+        )
+        .unwrap();
         let e = read_trace(&p).unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -5,10 +5,13 @@
 //! - [`Isolation`] gives each run its own ROS domain and namespace, so runs in parallel (and
 //!   CI) never hear each other.
 //! - [`interop`] runs the r2r <-> rclpy message exchange and reads both sides' reports.
+//! - [`sim_demo`] runs `make demo`: a scenario in real time, every component a process,
+//!   against the same world without twins.
 
 pub mod interop;
 pub mod launch_file;
 pub mod link_demo;
+pub mod sim_demo;
 pub mod vehicle;
 
 use anyhow::{Context as _, Result};
@@ -60,6 +63,11 @@ impl Supervised {
     pub fn kill(&mut self) {
         self.signal_group(libc::SIGKILL);
         let _ = self.child.wait();
+    }
+
+    /// The process's stdout, if it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// The process id of the group leader.
@@ -115,6 +123,13 @@ pub struct Isolation {
     _reservation: Option<std::sync::Arc<std::fs::File>>,
 }
 
+/// Takes an exclusive `flock` on `file` without waiting; false if another holds it.
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor this File owns; no memory is involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Domains handed out to runs: 1..=100 (0 is the default that stray processes use).
 const RUN_DOMAINS: u32 = 100;
 
@@ -138,7 +153,7 @@ impl Isolation {
             else {
                 continue;
             };
-            if file.try_lock().is_ok() {
+            if try_lock(&file) {
                 reserved = Some((domain_id, std::sync::Arc::new(file)));
                 break;
             }
@@ -223,6 +238,6 @@ mod tests {
             .join("twinlink-ros-domains")
             .join(format!("{}.lock", runs[0].domain_id));
         let other = std::fs::File::open(lock).unwrap();
-        assert!(other.try_lock().is_err(), "a held domain could be taken");
+        assert!(!super::try_lock(&other), "a held domain could be taken");
     }
 }

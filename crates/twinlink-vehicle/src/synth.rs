@@ -229,7 +229,7 @@ impl LidarModel {
         for beam in 0..self.beams {
             let elevation = self.lowest
                 + (self.highest - self.lowest) * beam as f64 / (self.beams.max(2) - 1) as f64;
-            for column in 0..self.columns {
+            for (column, boxes) in by_column.iter().enumerate() {
                 let azimuth = std::f64::consts::TAU * column as f64 / self.columns as f64
                     - std::f64::consts::PI;
                 let dir = [
@@ -242,7 +242,7 @@ impl LidarModel {
                 let mut hit =
                     (denom < -1e-9).then(|| (self.ground_slope * origin[0] - origin[2]) / denom);
                 let mut intensity = 0.1f32;
-                for &k in &by_column[column] {
+                for &k in boxes {
                     let o = &scene.objects[k as usize];
                     if let Some(t) = o.intersect(origin, dir, self.ground_slope * o.x) {
                         if hit.is_none_or(|h| t < h) {

@@ -199,6 +199,10 @@ fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let mut sim = RealtimeSim::new(&scenario, &driven, epoch_us, RealtimeConfig::default());
     let names = sim.driven_names();
+    if args.progress {
+        println!("epoch {epoch_us}");
+        let _ = std::io::stdout().flush();
+    }
     tracing::info!(
         scenario = %scenario.name,
         vehicles = ?driven,
@@ -304,7 +308,9 @@ fn run(args: Args) -> Result<()> {
         measures: sim.measures(),
         driven: sim.driven_stats(),
     };
-    drop(record);
+    if let Some(w) = trace.as_mut() {
+        w.flush().context("writing the trace")?;
+    }
     if let Some(p) = &args.report {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;

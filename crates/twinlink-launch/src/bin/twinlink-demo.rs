@@ -1,21 +1,20 @@
-//! `twinlink-demo`: runs the most complete real path of twinlink, end to end, and shows it.
+//! `twinlink-demo`: twinlink end to end.
 //!
-//! 1. The ROS 2 interop exchange: twinlink's r2r node and an independent rclpy node trade
-//!    every twin_msgs message (and the standard ones twinlink uses) both ways over real DDS.
-//!    The r2r side checks each received buffer byte for byte against twinlink's ROS-free
-//!    codec; the rclpy side checks every field.
-//! 2. The intra-twin link: a PE and its DR as separate processes through a Zenoh router,
-//!    with keys from `twinctl provision`: perception summaries up, recommendations down,
-//!    then timed round trips.
-//! 3. The vehicle's ROS 2 nodes: LiDAR, radar and camera summarizers and the twin link node,
-//!    started from `launch/vehicle.launch.xml`, fed by an rclpy publisher of LiDAR clouds,
-//!    radar detections, camera images and odometry; their summaries go up the link to the
-//!    DR host (`twin-dr-host`), whose twin fuses them with a regional traffic tile (a stalled
-//!    vehicle ahead, slow traffic downstream), plans, and sends recommendations back on ROS;
-//!    the twin is read from the host's admin endpoint and its audit log verified.
+//! Without a subcommand (`make demo`): a simulated highway in real time with every component
+//! a process. The simulator (`twin_sim`) publishes LiDAR and radar point clouds, odometry
+//! and camera detections for three connected vehicles on their ROS 2 topics; each
+//! vehicle's nodes (`launch/vehicle.launch.xml`: summarizers and twin link node) send
+//! their summaries over Zenoh to the DR host, whose twins fuse, plan and advise; the advice
+//! comes back on ROS and the simulator's drivers follow it. The same world without twins,
+//! on the same seed, is the baseline. Prints the comparison and writes `out/demo/`:
+//! `report.json`, `table.txt`, plots (PNG), `run.mcap` (Foxglove) and the trace.
+//!
+//! `twinlink-demo components`: the parts one by one: the r2r <-> rclpy exchange of every
+//! message type, a PE and its DR through a Zenoh router, and the vehicle nodes fed by an
+//! rclpy publisher.
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::time::{Duration, Instant};
 use twinlink_launch::interop;
 
@@ -23,31 +22,125 @@ use twinlink_launch::interop;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Seed of the random message values.
-    #[arg(long, default_value_t = 2026)]
-    seed: u64,
-    /// Values per message type.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
-    per_type: u64,
-    /// Where to write the fixture, logs and reports.
+    #[command(subcommand)]
+    part: Option<Part>,
+    /// Scenario of the simulation (YAML).
+    #[arg(long, default_value = "sim/scenarios/demo.yaml")]
+    scenario: std::path::PathBuf,
+    /// Vehicles driven by real ROS 2 nodes, each with its twin.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=8))]
+    vehicles: u64,
+    /// Simulated seconds instead of the scenario's duration.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Seed instead of the scenario's.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to write the report, plots, recording and logs.
     #[arg(long, default_value = "out/demo")]
     out: std::path::PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 60)]
-    timeout_s: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Part {
+    /// The components one by one (message exchange, link, vehicle nodes).
+    Components {
+        /// Seed of the random message values.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Values per message type.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        per_type: u64,
+        /// Where to write the fixture, logs and reports.
+        #[arg(long, default_value = "out/components")]
+        out: std::path::PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let fixture = interop::random_fixture(args.seed, args.per_type as usize, "");
+    match args.part {
+        Some(Part::Components {
+            seed,
+            per_type,
+            out,
+            timeout_s,
+        }) => components(seed, per_type, &out, timeout_s),
+        None => simulation(&args),
+    }
+}
+
+fn simulation(args: &Args) -> Result<()> {
+    if let Some(d) = args.duration_s {
+        if !(d > 0.0 && d.is_finite()) {
+            bail!("--duration-s must be a positive number of seconds, got {d}");
+        }
+    }
+    let mut options = twinlink_launch::sim_demo::SimDemoOptions::new(&args.out);
+    options.scenario = if args.scenario.is_absolute() {
+        args.scenario.clone()
+    } else {
+        std::env::current_dir()?.join(&args.scenario)
+    };
+    options.vehicles = args.vehicles as usize;
+    options.duration_s = args.duration_s;
+    options.seed = args.seed;
+    options.progress_bar = true;
+    println!(
+        "twinlink demo: {} in real time, {} vehicles with twins (ROS 2 nodes, Zenoh, DR host, simulator: each a process)",
+        options.scenario.display(),
+        options.vehicles
+    );
+    let started = Instant::now();
+    let demo = twinlink_launch::sim_demo::run_sim_demo(&options)?;
+    println!(
+        "
+{} (seed {}), {:.0} s simulated in {:.0} s; the same world without twins is the baseline
+",
+        demo.report.scenario, demo.report.seed, demo.report.twin.simulated_s, demo.report.wall_s
+    );
+    print!("{}", demo.table);
+    println!();
+    for (vehicle, audit) in &demo.audits {
+        println!(
+            "audit log of {vehicle}: {} records, {}",
+            audit["records"],
+            if audit["intact"] == true {
+                "intact"
+            } else {
+                "NOT intact"
+            }
+        );
+    }
+    if demo.report.late_steps > 0 {
+        println!(
+            "note: {} world steps ran late (the machine was busy)",
+            demo.report.late_steps
+        );
+    }
+    println!(
+        "
+written in {:.0} s:",
+        started.elapsed().as_secs_f64()
+    );
+    for f in &demo.files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+fn components(seed: u64, per_type: u64, out: &std::path::Path, timeout_s: u64) -> Result<()> {
+    let fixture = interop::random_fixture(seed, per_type as usize, "");
     let types = fixture["types"].as_object().map_or(0, |t| t.len());
     println!(
-        "twinlink demo: r2r node <-> rclpy node, {types} message types x {} values each, seed {}",
-        args.per_type, args.seed
+        "twinlink demo, part 1: r2r node <-> rclpy node, {types} message types x {per_type} values each, seed {seed}"
     );
     println!("(every value travels both ways over DDS; each side checks what it receives)\n");
     let started = Instant::now();
-    let outcome = interop::run_exchange(&fixture, &args.out, Duration::from_secs(args.timeout_s))?;
+    let outcome = interop::run_exchange(&fixture, out, Duration::from_secs(timeout_s))?;
     println!(
         "rclpy -> r2r: received buffers decoded by twinlink's codec and by rcl, bytes compared"
     );
@@ -57,7 +150,7 @@ fn main() -> Result<()> {
     println!(
         "\nexchange took {:.1} s; fixture, logs and reports in {}",
         started.elapsed().as_secs_f64(),
-        args.out.display()
+        out.display()
     );
     if !outcome.all_matched() {
         eprint!("{}{}", outcome.r2r.stderr, outcome.rclpy.stderr);
@@ -67,13 +160,13 @@ fn main() -> Result<()> {
 
     println!("\ntwinlink demo, part 2: a vehicle (PE) and its twin (DR), separate processes, through a Zenoh router");
     println!("(keys from `twinctl provision`; every frame sealed end to end; 50-object summaries up, recommendations down)\n");
-    let demo = twinlink_launch::link_demo::run(&args.out.join("link"))?;
+    let demo = twinlink_launch::link_demo::run(&out.join("link"))?;
     print_link(&demo);
 
     println!("\ntwinlink demo, part 3: the vehicle's ROS 2 nodes, started from launch/vehicle.launch.xml");
     println!("(rclpy publishes LiDAR, radar, camera and odometry of a vehicle in traffic; the summaries go up the link to");
     println!(" the DR host, whose twin fuses them with a regional tile and plans; its advice comes back on ROS)\n");
-    let vehicle = twinlink_launch::vehicle::run_vehicle_demo(&args.out.join("vehicle"), 8.0)?;
+    let vehicle = twinlink_launch::vehicle::run_vehicle_demo(&out.join("vehicle"), 8.0)?;
     print_vehicle(&vehicle.drive, &vehicle.dr);
     print_twin(&vehicle);
     Ok(())
