@@ -224,14 +224,18 @@ pub struct BottleneckSpec {
     pub until_s: Option<f64>,
 }
 
-/// Wireless coverage: a default link quality, and zones where it differs (a tunnel is a
-/// zone with no coverage).
+/// Wireless coverage: base stations along the road (or, without any, a default link
+/// quality everywhere), and zones where it differs (a tunnel is a zone with no coverage).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoverageSpec {
-    /// Link quality where no zone applies.
+    /// Link quality where no zone applies, when there are no base stations.
     #[serde(default)]
     pub default: LinkQuality,
+    /// Cells along the road: where any are given, the quality outside zones is the best
+    /// cell's at that place (and none beyond every cell's range).
+    #[serde(default)]
+    pub base_stations: Vec<BaseStation>,
     /// Zones along the road; where zones overlap, the later one applies.
     #[serde(default)]
     pub zones: Vec<CoverageZone>,
@@ -281,6 +285,71 @@ impl LinkQuality {
     }
 }
 
+/// A cell: a base station beside the road.
+///
+/// Its quality at distance d (from the mast, with `offset_m` to the road) follows a
+/// log-distance path loss (exponent 3.5) from 0 dB signal-to-noise ratio at `range_m`, so
+/// SNR(d) = 35 log10(range / d) dB; the bit rate is Shannon's log2(1 + SNR) scaled so that
+/// 30 dB gives `bandwidth_bps`; loss is 30 % at the edge falling tenfold per 10 dB
+/// (0.03 % at 30 dB); latency grows from `latency_ms` by up to 30 ms towards the edge
+/// (scheduling and retransmissions). Beyond `range_m` the cell gives nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseStation {
+    /// Where along the road [m].
+    pub s_m: f64,
+    /// Distance of the mast from the road [m].
+    #[serde(default = "default_offset")]
+    pub offset_m: f64,
+    /// Cell edge: the distance where the signal reaches the noise [m].
+    #[serde(default = "default_range")]
+    pub range_m: f64,
+    /// Bit rate each way near the mast [bit/s].
+    #[serde(default = "default_peak")]
+    pub bandwidth_bps: f64,
+    /// One-way latency near the mast [ms].
+    #[serde(default = "default_cell_latency")]
+    pub latency_ms: f64,
+}
+
+fn default_offset() -> f64 {
+    100.0
+}
+fn default_range() -> f64 {
+    2500.0
+}
+fn default_peak() -> f64 {
+    50e6
+}
+fn default_cell_latency() -> f64 {
+    15.0
+}
+
+/// Signal-to-noise ratio at which a cell gives its full bit rate [dB].
+const PEAK_SNR_DB: f64 = 30.0;
+
+impl BaseStation {
+    /// What this cell gives at road position `s`.
+    pub fn quality_at(&self, s: f64) -> LinkQuality {
+        let d = (s - self.s_m).hypot(self.offset_m).max(1.0);
+        if d > self.range_m {
+            return LinkQuality::none();
+        }
+        let snr_db = (35.0 * (self.range_m / d).log10()).min(PEAK_SNR_DB);
+        let efficiency = (1.0 + 10f64.powf(snr_db / 10.0)).log2()
+            / (1.0 + 10f64.powf(PEAK_SNR_DB / 10.0)).log2();
+        let bandwidth = self.bandwidth_bps * efficiency;
+        if bandwidth < 1_000.0 {
+            return LinkQuality::none();
+        }
+        LinkQuality {
+            bandwidth_bps: bandwidth,
+            latency_ms: self.latency_ms + 30.0 * (1.0 - efficiency),
+            loss: 0.3 * 10f64.powf(-snr_db / 10.0),
+        }
+    }
+}
+
 /// What a coverage zone is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -311,7 +380,15 @@ pub struct CoverageZone {
 impl CoverageSpec {
     /// The link quality at road position `s`.
     pub fn at(&self, s: f64) -> LinkQuality {
-        let mut q = self.default;
+        let mut q = if self.base_stations.is_empty() {
+            self.default
+        } else {
+            self.base_stations
+                .iter()
+                .map(|b| b.quality_at(s))
+                .max_by(|a, b| a.bandwidth_bps.total_cmp(&b.bandwidth_bps))
+                .unwrap_or_else(LinkQuality::none)
+        };
         for z in &self.zones {
             if s >= z.from_m && s < z.to_m {
                 q = match z.kind {
@@ -321,6 +398,26 @@ impl CoverageSpec {
             }
         }
         q
+    }
+
+    /// The coverage of a road `length_m` long sampled every `step_m`, as the link's radio
+    /// applies it.
+    pub fn radio_map(&self, length_m: f64, step_m: f64) -> twinlink_link::radio::RadioMap {
+        let n = (length_m / step_m).ceil().max(1.0) as usize;
+        twinlink_link::radio::RadioMap {
+            start_m: 0.0,
+            step_m,
+            samples: (0..n)
+                .map(|i| {
+                    let q = self.at((i as f64 + 0.5) * step_m);
+                    twinlink_link::radio::RadioQuality {
+                        bandwidth_bps: q.bandwidth_bps,
+                        latency_ms: q.latency_ms,
+                        loss: q.loss,
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
@@ -514,6 +611,38 @@ impl Scenario {
             share(&format!("{field}.loss"), q.loss)
         };
         quality("coverage.default", &self.coverage.default)?;
+        for (i, b) in self.coverage.base_stations.iter().enumerate() {
+            let at = format!("coverage.base_stations[{i}]");
+            if !b.s_m.is_finite() {
+                return f(
+                    &format!("{at}.s_m"),
+                    format!("must be a position, got {}", b.s_m),
+                );
+            }
+            if !(b.offset_m.is_finite() && b.offset_m >= 0.0) {
+                return f(
+                    &format!("{at}.offset_m"),
+                    format!("must be at least 0, got {}", b.offset_m),
+                );
+            }
+            positive(&format!("{at}.range_m"), b.range_m)?;
+            if b.offset_m >= b.range_m {
+                return f(
+                    &format!("{at}.range_m"),
+                    format!(
+                        "must reach the road (beyond offset_m {}), got {}",
+                        b.offset_m, b.range_m
+                    ),
+                );
+            }
+            positive(&format!("{at}.bandwidth_bps"), b.bandwidth_bps)?;
+            if !(b.latency_ms.is_finite() && (0.0..=10_000.0).contains(&b.latency_ms)) {
+                return f(
+                    &format!("{at}.latency_ms"),
+                    format!("must be within 0..=10000, got {}", b.latency_ms),
+                );
+            }
+        }
         for (i, z) in self.coverage.zones.iter().enumerate() {
             let at = format!("coverage.zones[{i}]");
             on_road(&format!("{at}.from_m"), z.from_m)?;
@@ -605,6 +734,46 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn base_stations_give_quality_that_falls_with_distance_and_ends_at_their_range() {
+        let s = Scenario::parse(
+            &format!(
+                "{MINIMAL}coverage:\n  base_stations:\n    - {{ s_m: 0, offset_m: 50, range_m: 800, bandwidth_bps: 40e6 }}\n  zones:\n    - {{ kind: tunnel, from_m: 100, to_m: 150 }}\n"
+            ),
+            "b",
+        )
+        .unwrap();
+        let near = s.coverage.at(0.0);
+        let mid = s.coverage.at(400.0);
+        let edge = s.coverage.at(780.0);
+        assert!((near.bandwidth_bps - 40e6).abs() < 1.0, "{near:?}");
+        assert!(near.loss < 0.001 && near.latency_ms < 16.0, "{near:?}");
+        assert!(mid.bandwidth_bps < near.bandwidth_bps && mid.bandwidth_bps > edge.bandwidth_bps);
+        assert!(
+            edge.loss > mid.loss && edge.latency_ms > mid.latency_ms,
+            "{edge:?}"
+        );
+        assert!(edge.is_covered());
+        assert!(!s.coverage.at(900.0).is_covered(), "beyond the range");
+        assert!(
+            !s.coverage.at(120.0).is_covered(),
+            "a zone overrides the cell"
+        );
+        // The radio map the link applies samples the same.
+        let map = s.coverage.radio_map(1000.0, 10.0);
+        assert_eq!(map.samples.len(), 100);
+        map.validate().unwrap();
+        assert!(!map.at(120.0).is_covered() && !map.at(950.0).is_covered());
+        assert!((map.at(400.0).bandwidth_bps - s.coverage.at(405.0).bandwidth_bps).abs() < 1.0);
+        let e = invalid(&format!(
+            "{MINIMAL}coverage:\n  base_stations:\n    - {{ s_m: 0, offset_m: 500, range_m: 400 }}\n"
+        ));
+        assert!(
+            e.to_string().contains("coverage.base_stations[0].range_m"),
+            "{e}"
+        );
     }
 
     #[test]

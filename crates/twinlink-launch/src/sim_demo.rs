@@ -155,14 +155,41 @@ pub fn run_sim_demo(options: &SimDemoOptions) -> Result<SimDemo> {
 
     // Each vehicle's nodes.
     let mut nodes = Vec::new();
+    let link_defaults = std::fs::read_to_string(
+        workspace_root().join("ros_pkgs/twin_link_node/config/twin_link_node.param.yaml"),
+    )?;
+    // The scenario's coverage, which each vehicle's link node applies to its link by the
+    // vehicle's position (every 10 m).
+    let radio_map = dir.join("radio_map.json");
+    std::fs::write(
+        &radio_map,
+        serde_json::to_string(&scenario.coverage.radio_map(scenario.road.length_m, 10.0))?,
+    )?;
     for (name, key) in names.iter().zip(&pe_keys) {
+        // The link node's defaults, with its counters written at exit and the radio map.
+        let params = dir.join(format!("{name}.link.param.yaml"));
+        let report = logs.join(format!("link_{name}.json"));
+        let mut with_files = link_defaults.clone();
+        for (name, value) in [("report_file", &report), ("radio_map_file", &radio_map)] {
+            let set = with_files.replace(
+                &format!("{name}: \"\""),
+                &format!("{name}: \"{}\"", value.display()),
+            );
+            anyhow::ensure!(
+                set != with_files,
+                "the link node's parameter file has no empty {name} line"
+            );
+            with_files = set;
+        }
+        std::fs::write(&params, with_files)?;
         let mut launch = Command::new(workspace_binary("twinlaunch")?);
         launch
             .arg(workspace_root().join("launch/vehicle.launch.xml"))
             .arg(format!("vehicle:={name}"))
             .arg(format!("key_file:={}", key.display()))
             .arg(format!("twin_endpoint:={endpoint}"))
-            .arg("use_camera:=false");
+            .arg("use_camera:=false")
+            .arg(format!("link_params:={}", params.display()));
         isolation.apply(&mut launch);
         let log = std::fs::File::create(logs.join(format!("nodes_{name}.log")))?;
         launch.stdout(log.try_clone()?).stderr(log);

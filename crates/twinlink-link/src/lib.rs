@@ -9,6 +9,8 @@
 //! - [`sync`]: outbox with priorities and coalescing, sequence numbers, acknowledgements,
 //!   retransmission, in-order exactly-once delivery.
 //! - [`fault`]: drop, duplicate, reorder, delay, cut and throttle, for tests and demos.
+//! - [`radio`]: link quality by position (a coverage map) applied to a link end's fault
+//!   layers both ways, so the real link crosses simulated coverage.
 //! - [`link`]: a link end on a Zenoh session, with presence and key rotation.
 //! - [`hub`]: one set of wildcard declarations for the many link ends of a host.
 
@@ -22,6 +24,7 @@ pub mod keys;
 pub mod link;
 pub mod minimal;
 pub mod protocol;
+pub mod radio;
 pub mod rate;
 pub mod scenario;
 pub mod sync;

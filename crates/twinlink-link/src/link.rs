@@ -164,6 +164,10 @@ pub struct LinkConfig {
     pub report_interval: Duration,
     /// Fault injection on this end's outgoing frames.
     pub faults: FaultControl,
+    /// Fault injection on the frames this end receives, before it opens them (with
+    /// `faults`, a radio between this end and the network that acts both ways; a
+    /// simulator's coverage drives both).
+    pub inbound_faults: FaultControl,
     /// Seed of the fault layer's random source.
     pub fault_seed: u64,
     /// Acknowledge only what the application confirmed durable with
@@ -222,6 +226,7 @@ impl LinkConfig {
             rate_control: RateControl::default(),
             report_interval: Duration::from_millis(200),
             faults: FaultControl::new(FaultPlan::clean()),
+            inbound_faults: FaultControl::new(FaultPlan::clean()),
             fault_seed: 0x7e1c,
             durable_acks: false,
             resume: None,
@@ -912,7 +917,7 @@ impl LinkEnd {
         match item {
             Inbound::Frame(payload) => {
                 let bytes = payload.to_bytes();
-                self.engine.on_frame(&bytes, Instant::now());
+                self.engine.receive_frame(&bytes, Instant::now());
                 if self.engine.ack_owed.is_some() {
                     self.turn_owed = true;
                 }
@@ -1011,6 +1016,8 @@ struct Engine {
     /// The application had its turn: acknowledge now.
     ack_now: bool,
     fault: FaultLayer,
+    /// Frames received, held or dropped by the inbound fault layer before they are opened.
+    inbound_fault: FaultLayer,
     controller: Controller,
     meter: PathMeter,
     peer_report: PathReport,
@@ -1081,6 +1088,10 @@ impl Engine {
             durable_owed: None,
             ack_now: false,
             fault: FaultLayer::new(config.faults.clone(), config.fault_seed),
+            inbound_fault: FaultLayer::new(
+                config.inbound_faults.clone(),
+                config.fault_seed ^ 0x1b0d,
+            ),
             controller: Controller::new(config.rate_control),
             meter: PathMeter::new(config.report_interval),
             peer_report: PathReport::default(),
@@ -1470,6 +1481,24 @@ impl Engine {
         }
     }
 
+    /// A frame from Zenoh: through the inbound fault layer (at once when it is
+    /// transparent), then opened.
+    fn receive_frame(&mut self, frame: &[u8], now: Instant) {
+        if self.inbound_fault.is_transparent(now) {
+            self.on_frame(frame, now);
+        } else {
+            self.inbound_fault.submit(frame.to_vec(), now);
+            self.take_inbound_due(now);
+        }
+    }
+
+    /// Opens the frames the inbound fault layer releases now.
+    fn take_inbound_due(&mut self, now: Instant) {
+        for frame in self.inbound_fault.take_due(now) {
+            self.on_frame(&frame, now);
+        }
+    }
+
     fn on_frame(&mut self, frame: &[u8], now: Instant) {
         let header = match crypto::peek_header(frame) {
             Ok(h) => h,
@@ -1569,6 +1598,7 @@ impl Engine {
 
     /// Frames to hand to Zenoh now.
     fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.take_inbound_due(now);
         let mut out = Vec::new();
         out.extend(self.fault.take_due(now));
         // Expire retired sessions and stale pending handshakes.
@@ -1671,6 +1701,9 @@ impl Engine {
             wake = wake.min(t);
         }
         if let Some(t) = self.fault.next_due() {
+            wake = wake.min(t);
+        }
+        if let Some(t) = self.inbound_fault.next_due() {
             wake = wake.min(t);
         }
         if let Some((_, received)) = self.ack_owed {

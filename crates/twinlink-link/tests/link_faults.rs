@@ -200,6 +200,42 @@ async fn a_cut_is_noticed_within_a_second_and_both_catch_up_after_it() {
     dr.close().await;
 }
 
+/// The vehicle's radio alone: its end's outbound and inbound fault layers (loss, delay, a
+/// bottleneck, then a cut) and nothing on the DR's end. Both directions suffer, nothing is
+/// lost or doubled, and both ends notice the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_radio_at_the_vehicle_alone_acts_both_ways_without_loss() {
+    let (pe_cfg, dr_cfg) = configs("faults-radio");
+    let plan: FaultPlan = "drop=0.15,delay_ms=15,rate_kbps=2000".parse().unwrap();
+    pe_cfg.faults.set_plan(plan.clone());
+    pe_cfg.inbound_faults.set_plan(plan);
+    let (out, inbound) = (pe_cfg.faults.clone(), pe_cfg.inbound_faults.clone());
+    let (mut pe, mut dr) = open_pair(pe_cfg, dr_cfg).await;
+    let cut = Duration::from_millis(2000);
+    let (radio_out, radio_in) = (out.clone(), inbound.clone());
+    let (at_pe, at_dr) = exchange(
+        &mut pe,
+        &mut dr,
+        120,
+        Duration::from_millis(20),
+        || {
+            radio_out.cut_for(cut);
+            radio_in.cut_for(cut);
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    for (who, seen) in [("PE", &at_pe), ("DR", &at_dr)] {
+        assert!(!seen.downs.is_empty(), "{who} never noticed the cut");
+    }
+    let (o, i) = (out.stats(), inbound.stats());
+    assert!(o.dropped > 0 && o.cut > 0, "outbound {o:?}");
+    assert!(i.dropped > 0 && i.cut > 0, "inbound {i:?}");
+    assert!(i.delivered > 0, "inbound {i:?}");
+    pe.close().await;
+    dr.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_leaves_is_noticed_within_a_second() {
     let (pe_cfg, dr_cfg) = configs("presence-leave");

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `twin_lidar_summarizer` | [`lidar`] |
 //! | `twin_radar_summarizer` | [`radar`] |
-//! | `twin_link_node` | [`uplink`] |
+//! | `twin_link_node` | [`uplink`], [`inclusion`] |
 //!
 //! Shared: [`cloud`] reads PointCloud2 by its field descriptions, [`geometry`] holds sensor
 //! mountings, [`params`] declares and validates node parameters, [`markers`] draws debug
@@ -16,6 +16,7 @@ pub mod camera;
 pub mod cloud;
 pub mod geometry;
 pub mod identity;
+pub mod inclusion;
 pub mod lidar;
 pub mod markers;
 pub mod params;

@@ -117,6 +117,31 @@ pub fn parameters() -> Vec<ParamSpec> {
             true,
             "publish twin/markers (what the twin sees and advises)",
         ),
+        ParamSpec::string(
+            "radio_map_file",
+            "",
+            &[],
+            "simulation only: a radio map (JSON, twinlink_link::radio::RadioMap) whose quality at the odometry's x shapes the link both ways; empty = the real network as it is",
+        ),
+        ParamSpec::bool(
+            "object_inclusion",
+            true,
+            "send an object again only when the twin's prediction of it is off (false: every object of every summary)",
+        ),
+        ParamSpec::double(
+            "inclusion_max_error",
+            1.0,
+            0.05,
+            20.0,
+            "prediction error that sends an object again [m]",
+        ),
+        ParamSpec::double(
+            "inclusion_interval",
+            0.5,
+            0.05,
+            1.2,
+            "longest time between two sends of a seen object, below the twin's 1.5 s coast [s]",
+        ),
     ]
 }
 
@@ -153,6 +178,10 @@ pub struct UplinkConfig {
     pub publish_markers: bool,
     /// JSON report at exit.
     pub report_file: String,
+    /// Which objects of a summary go up.
+    pub inclusion: crate::inclusion::InclusionConfig,
+    /// A simulator's coverage, applied to the link by position (empty: none).
+    pub radio_map_file: String,
 }
 
 fn endpoints(list: &str) -> Vec<String> {
@@ -190,6 +219,14 @@ impl UplinkConfig {
             summary_topics: endpoints(p.str("summary_topics")),
             publish_markers: p.bool("publish_markers"),
             report_file: p.str("report_file").to_string(),
+            inclusion: crate::inclusion::InclusionConfig {
+                enabled: p.bool("object_inclusion"),
+                max_error_m: p.f64("inclusion_max_error"),
+                max_interval_s: p.f64("inclusion_interval"),
+                summary_interval_s: p.f64("inclusion_interval"),
+                ..crate::inclusion::InclusionConfig::default()
+            },
+            radio_map_file: p.str("radio_map_file").to_string(),
         };
         if config.key_file.is_empty() {
             return Err(
@@ -447,6 +484,14 @@ pub struct NodeCounters {
     pub uplinked: u64,
     /// Recommendations published.
     pub recommendations: u64,
+    /// Summaries not sent because nothing in them had changed (object inclusion).
+    pub summaries_unchanged: u64,
+    /// The object inclusion's counters.
+    pub inclusion: crate::inclusion::InclusionStats,
+    /// Changes of the emulated radio's quality (`radio_map_file`).
+    pub radio_changes: u64,
+    /// Odometry messages received without coverage (`radio_map_file`).
+    pub radio_uncovered: u64,
 }
 
 impl NodeCounters {

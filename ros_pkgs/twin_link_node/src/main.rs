@@ -40,6 +40,10 @@ struct Shared {
     policy: PolicyStore,
     /// Newest uplinked summary of each sensor (what the twin sees).
     seen: std::collections::BTreeMap<String, PerceptionSummary>,
+    /// Which objects of each summary go up.
+    inclusion: twinlink_vehicle::inclusion::ObjectInclusion,
+    /// The vehicle's newest forward speed from odometry [m/s].
+    ego_speed: f64,
 }
 
 impl Shared {
@@ -111,9 +115,23 @@ fn main() {
                 connect: config.zenoh_connect.clone(),
             };
             let link_config = LinkConfig::new(material, zenoh);
+            // In simulation, the coverage where the vehicle is shapes the link both ways.
+            let radio = match config.radio_map_file.as_str() {
+                "" => None,
+                path => {
+                    let map = twinlink_link::radio::RadioMap::load(std::path::Path::new(path))
+                        .map_err(|e| anyhow::anyhow!("parameter 'radio_map_file': {e}"))?;
+                    let radio = twinlink_link::radio::Radio::new(
+                        link_config.faults.clone(),
+                        link_config.inbound_faults.clone(),
+                    );
+                    Some((map, radio))
+                }
+            };
             let shared = Arc::new(Mutex::new(Shared {
                 link_state: TwinStatus::LINK_CONNECTING,
                 link_state_since_us: now_us(),
+                inclusion: twinlink_vehicle::inclusion::ObjectInclusion::new(config.inclusion),
                 ..Default::default()
             }));
 
@@ -243,6 +261,7 @@ fn main() {
             let mut odometry = subscribe_cdr::<Odometry>(node, "odom", qos::sensor_data())?;
             let (odom_shared, odom_link, odom_config) =
                 (shared.clone(), to_link.clone(), config.clone());
+            let mut radio = radio;
             let min_state_gap_us = (1e6 / config.state_rate) as u64;
             spawner.spawn_local(async move {
                 while let Some(received) = odometry.next().await {
@@ -257,6 +276,15 @@ fn main() {
                             continue;
                         }
                     };
+                    s.ego_speed = odom.twist.twist.linear.x;
+                    if let Some((map, radio)) = &mut radio {
+                        let quality = map.at(odom.pose.pose.position.x);
+                        radio.apply(quality);
+                        s.counters.radio_changes = radio.changes();
+                        if !quality.is_covered() {
+                            s.counters.radio_uncovered += 1;
+                        }
+                    }
                     if received.arrived_us.saturating_sub(s.last_state_sent_us) < min_state_gap_us {
                         s.counters.states_decimated += 1;
                         continue;
@@ -299,18 +327,36 @@ fn main() {
                         }
                         let stream =
                             uplink::stream_for_sensor(&summary.sensor_id).expect("checked above");
+                        let ego_speed = s.ego_speed;
+                        let selected = s.inclusion.select(&summary, ego_speed);
+                        s.counters.inclusion = s.inclusion.stats();
+                        let Some(selected) = selected else {
+                            s.counters.summaries_unchanged += 1;
+                            continue;
+                        };
                         s.counters.uplinked += 1;
+                        // A summary sent whole goes up as it arrived (its CDR bytes decoded
+                        // and validated above, not encoded a second time).
+                        let payload = if selected.objects.len() == summary.objects.len() {
+                            received.raw
+                        } else {
+                            match twinlink_msgs::codec::encode(&selected) {
+                                Ok(bytes) => bytes,
+                                Err(e) => {
+                                    s.refuse("encode_failed", &e);
+                                    continue;
+                                }
+                            }
+                        };
                         s.seen.insert(summary.sensor_id.clone(), summary);
                         drop(s);
-                        // The summary goes up as it arrived: its CDR bytes decoded and
-                        // validated above, not encoded a second time.
                         let message = Message {
                             priority: uplink::priority_of(&stream),
                             stream,
                             type_name: <PerceptionSummary as twinlink_msgs::Message>::TYPE_NAME
                                 .to_string(),
                             created_us: received.arrived_us,
-                            payload: received.raw,
+                            payload,
                         };
                         let _ = sum_link.send(message);
                     }
