@@ -161,6 +161,11 @@ async fn odometry_and_summaries_reach_the_twin_and_its_advice_reaches_ros() {
                 ("key_file", key.display().to_string()),
                 ("zenoh_connect", pe.zenoh.connect[0].clone()),
                 ("status_period", "0.2".into()),
+                // Every state and object passes through as it came (dead reckoning off), so
+                // what arrives can be compared with what the peer published; the
+                // simulation's end-to-end test runs the node with it on.
+                ("state_inclusion", "false".into()),
+                ("object_inclusion", "false".into()),
             ],
         )
         .unwrap();

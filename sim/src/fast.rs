@@ -312,8 +312,10 @@ impl FastRun {
         };
         let vehicle = VehicleId::new(&name).map_err(|e| fail(e.to_string()))?;
         let (pe, dr) = KeyMaterial::generate_pair(&vehicle).map_err(|e| fail(e.to_string()))?;
-        let (link, up) =
+        let (link, mut up) =
             IngestPipeline::new(pe.clone(), dr.clone()).map_err(|e| fail(e.to_string()))?;
+        // Vehicles compress their frames, as the twin link node does.
+        up.set_compress(true);
         let (_, down) = IngestPipeline::new(pe, dr).map_err(|e| fail(e.to_string()))?;
         // Spread the vehicles' clocks over the periods.
         let phase = |rng: &mut ChaCha8Rng, hz: f64| t + rng.random_range(0.0..1.0) / hz;

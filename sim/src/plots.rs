@@ -300,7 +300,7 @@ pub fn plot_link_quality(path: &Path, input: &PlotInput) -> Result<(), String> {
     for (area, title, unit, top, value) in [
         (
             &areas[0],
-            "link round-trip time",
+            "link round-trip time (bands: link down)",
             "RTT [ms]",
             rtt_top,
             (|l: &LinkSample| l.rtt_s * 1e3) as fn(&LinkSample) -> f64,
@@ -329,20 +329,45 @@ pub fn plot_link_quality(path: &Path, input: &PlotInput) -> Result<(), String> {
             .map_err(err)?;
         for (k, name) in names.iter().enumerate() {
             let colour = Palette99::pick(k).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    input
-                        .links
-                        .iter()
-                        .filter(|l| l.vehicle == *name)
-                        .map(|l| (l.t, value(l))),
-                    colour.stroke_width(2),
-                ))
-                .map_err(err)?
-                .label(name.to_string())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
+            let samples: Vec<&LinkSample> = input
+                .links
+                .iter()
+                .copied()
+                .filter(|l| l.vehicle == *name)
+                .collect();
+            // Lines only while the link is up; while it is down (no coverage, a tunnel) a
+            // band in the vehicle's colour along the bottom, one per vehicle.
+            let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+            let band = top * (0.012 + 0.018 * k as f64);
+            for pair in samples.windows(2) {
+                let (l, next) = (pair[0], pair[1]);
+                if l.link_state >= 2 {
+                    segments
+                        .last_mut()
+                        .expect("a segment")
+                        .push((l.t, value(l)));
+                } else {
+                    if !segments.last().expect("a segment").is_empty() {
+                        segments.push(Vec::new());
+                    }
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(l.t, band), (next.t, band + top * 0.012)],
+                            colour.mix(0.6).filled(),
+                        )))
+                        .map_err(err)?;
+                }
+            }
+            for (i, segment) in segments.into_iter().filter(|s| !s.is_empty()).enumerate() {
+                let series = chart
+                    .draw_series(LineSeries::new(segment, colour.stroke_width(2)))
+                    .map_err(err)?;
+                if i == 0 {
+                    series.label(name.to_string()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+                }
+            }
         }
         if !names.is_empty() {
             chart

@@ -176,6 +176,9 @@ pub struct LinkConfig {
     pub durable_acks: bool,
     /// Continue an earlier incarnation of this end (after a restart with durable state).
     pub resume: Option<ResumeState>,
+    /// Compress frames (LZ4) when that makes them smaller: for an end whose sending path is
+    /// scarce (a vehicle's uplink); the peer opens both kinds.
+    pub compress: bool,
     /// Send each frame at once, outside Zenoh's batching (the lowest latency for one link;
     /// a host of many links on one session sets it off, so that Zenoh batches their frames
     /// into fewer writes).
@@ -230,6 +233,7 @@ impl LinkConfig {
             fault_seed: 0x7e1c,
             durable_acks: false,
             resume: None,
+            compress: false,
             express: true,
         }
     }
@@ -1575,7 +1579,7 @@ impl Engine {
         let Some(entry) = self.sessions.get_mut(&id) else {
             return 0;
         };
-        let plaintext = protocol::encode(envelope);
+        let plaintext = protocol::encode_with(envelope, self.config.compress);
         let frame = match entry.session.seal(&plaintext) {
             Ok(f) => f,
             Err(e) => {
@@ -1756,6 +1760,7 @@ impl IngestPipeline {
             FrameSealer {
                 session,
                 sender: Sender::new(Outbox::new(1 << 16, 1 << 30), usize::MAX),
+                compress: false,
             },
         ))
     }
@@ -1782,9 +1787,15 @@ impl IngestPipeline {
 pub struct FrameSealer {
     session: Session,
     sender: Sender,
+    compress: bool,
 }
 
 impl FrameSealer {
+    /// Compress frames as a vehicle's link end does ([`LinkConfig::compress`]).
+    pub fn set_compress(&mut self, on: bool) {
+        self.compress = on;
+    }
+
     /// Seals `message` in a frame of its own.
     pub fn seal(&mut self, message: Message) -> Vec<u8> {
         self.sender.push(message);
@@ -1802,7 +1813,7 @@ impl FrameSealer {
             report: None,
         };
         self.session
-            .seal(&protocol::encode(&envelope))
+            .seal(&protocol::encode_with(&envelope, self.compress))
             .expect("frames within limits seal")
     }
 }

@@ -137,10 +137,34 @@ pub fn parameters() -> Vec<ParamSpec> {
         ),
         ParamSpec::double(
             "inclusion_interval",
-            0.5,
+            1.0,
             0.05,
             1.2,
             "longest time between two sends of a seen object, below the twin's 1.5 s coast [s]",
+        ),
+        ParamSpec::bool(
+            "state_inclusion",
+            true,
+            "send the vehicle's state again only when the twin's prediction of it is off (false: at state_rate)",
+        ),
+        ParamSpec::double(
+            "state_max_error",
+            0.25,
+            0.01,
+            5.0,
+            "position error of the twin's prediction that sends the state again [m]",
+        ),
+        ParamSpec::bool(
+            "compress_uplink",
+            true,
+            "compress frames to the twin (LZ4) when that makes them smaller",
+        ),
+        ParamSpec::double(
+            "heartbeat",
+            0.25,
+            0.01,
+            0.5,
+            "longest silence of the link before a heartbeat frame, below the twin's 600 ms peer timeout [s]",
         ),
     ]
 }
@@ -182,6 +206,12 @@ pub struct UplinkConfig {
     pub inclusion: crate::inclusion::InclusionConfig,
     /// A simulator's coverage, applied to the link by position (empty: none).
     pub radio_map_file: String,
+    /// Which of the vehicle's states go up.
+    pub state_inclusion: crate::inclusion::StateInclusionConfig,
+    /// Compress frames to the twin.
+    pub compress_uplink: bool,
+    /// Longest silence of the link before a heartbeat [s].
+    pub heartbeat_s: f64,
 }
 
 fn endpoints(list: &str) -> Vec<String> {
@@ -227,6 +257,13 @@ impl UplinkConfig {
                 ..crate::inclusion::InclusionConfig::default()
             },
             radio_map_file: p.str("radio_map_file").to_string(),
+            state_inclusion: crate::inclusion::StateInclusionConfig {
+                enabled: p.bool("state_inclusion"),
+                max_error_m: p.f64("state_max_error"),
+                ..crate::inclusion::StateInclusionConfig::default()
+            },
+            compress_uplink: p.bool("compress_uplink"),
+            heartbeat_s: p.f64("heartbeat"),
         };
         if config.key_file.is_empty() {
             return Err(
@@ -488,6 +525,8 @@ pub struct NodeCounters {
     pub summaries_unchanged: u64,
     /// The object inclusion's counters.
     pub inclusion: crate::inclusion::InclusionStats,
+    /// The vehicle's states offered and sent (state inclusion).
+    pub state_inclusion: crate::inclusion::StateInclusionStats,
     /// Changes of the emulated radio's quality (`radio_map_file`).
     pub radio_changes: u64,
     /// Odometry messages received without coverage (`radio_map_file`).

@@ -44,6 +44,8 @@ struct Shared {
     inclusion: twinlink_vehicle::inclusion::ObjectInclusion,
     /// The vehicle's newest forward speed from odometry [m/s].
     ego_speed: f64,
+    /// Which of the vehicle's states go up.
+    state_inclusion: twinlink_vehicle::inclusion::StateInclusion,
 }
 
 impl Shared {
@@ -114,7 +116,9 @@ fn main() {
                 listen: config.zenoh_listen.clone(),
                 connect: config.zenoh_connect.clone(),
             };
-            let link_config = LinkConfig::new(material, zenoh);
+            let mut link_config = LinkConfig::new(material, zenoh);
+            link_config.compress = config.compress_uplink;
+            link_config.heartbeat = Duration::from_secs_f64(config.heartbeat_s);
             // In simulation, the coverage where the vehicle is shapes the link both ways.
             let radio = match config.radio_map_file.as_str() {
                 "" => None,
@@ -132,6 +136,9 @@ fn main() {
                 link_state: TwinStatus::LINK_CONNECTING,
                 link_state_since_us: now_us(),
                 inclusion: twinlink_vehicle::inclusion::ObjectInclusion::new(config.inclusion),
+                state_inclusion: twinlink_vehicle::inclusion::StateInclusion::new(
+                    config.state_inclusion,
+                ),
                 ..Default::default()
             }));
 
@@ -287,6 +294,11 @@ fn main() {
                     }
                     if received.arrived_us.saturating_sub(s.last_state_sent_us) < min_state_gap_us {
                         s.counters.states_decimated += 1;
+                        continue;
+                    }
+                    let due = s.state_inclusion.select(&state);
+                    s.counters.state_inclusion = s.state_inclusion.stats();
+                    if !due {
                         continue;
                     }
                     s.last_state_sent_us = received.arrived_us;

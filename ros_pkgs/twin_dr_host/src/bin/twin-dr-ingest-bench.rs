@@ -40,6 +40,9 @@ struct Args {
     /// ONNX speed advisor to plan with (models/speed_advisor/speed_advisor.onnx).
     #[arg(long)]
     model: Option<std::path::PathBuf>,
+    /// Frames as sent without compression (vehicles' link nodes compress by default).
+    #[arg(long)]
+    plain_frames: bool,
 }
 
 const LIMIT: f64 = 33.3;
@@ -161,10 +164,12 @@ fn main() -> anyhow::Result<()> {
         let (mut pipeline, mut sealer) = IngestPipeline::new(pe.clone(), dr.clone())?;
         // The DR's answers are sealed like the vehicle's frames (the same AEAD work).
         let (_, mut answer_sealer) = IngestPipeline::new(pe, dr)?;
+        sealer.set_compress(!args.plain_frames);
         let frames = sealed_frames(&mut sealer, &args);
         // Baseline: the link alone (open, decode), a fresh pipeline over the same frames.
         let (pe2, dr2) = KeyMaterial::generate_pair(&vehicle)?;
         let (mut base_pipeline, mut base_sealer) = IngestPipeline::new(pe2, dr2)?;
+        base_sealer.set_compress(!args.plain_frames);
         let base_frames = sealed_frames(&mut base_sealer, &args);
         let begin = Instant::now();
         let mut decoded = 0usize;
