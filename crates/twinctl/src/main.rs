@@ -14,6 +14,14 @@
 //! A twin is provisioned on a host by writing its DR key into the host's keys directory
 //! (`twinctl provision <vehicle-id> --out <keys-dir>`); the host picks it up by itself.
 //!
+//! `twinctl fleet init <fleet-id>` makes a fleet's authority for inter-twin sharing: its
+//! secret (`<fleet>.authority.key`, mode 0600, kept offline by the operator) and its trust
+//! anchor (`<fleet>.authority.pub`, given to every DR host). `twinctl fleet certify-host
+//! <host>` certifies a DR host's pseudonym issuer for a number of days
+//! (`<host>.issuer.key`, mode 0600): with it the host's twins sign what they disclose under
+//! rotating pseudonyms that other fleets' twins can verify but not trace to a vehicle (see
+//! `twinlink_share`).
+//!
 //! Exit status: 0 on success (for `audit verify`: the log is intact), 1 when `audit verify`
 //! found tampering, 2 on usage and I/O errors.
 
@@ -58,6 +66,44 @@ enum Command {
     Dr {
         #[command(subcommand)]
         command: DrCommand,
+    },
+    /// Credentials of a fleet for inter-twin sharing.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Make a fleet's authority: its secret key and the trust anchor DR hosts verify with.
+    Init {
+        /// The fleet's id (ASCII letters, digits, '_', '-', '.').
+        fleet: String,
+        /// Directory to write `<fleet>.authority.key` (mode 0600) and `<fleet>.authority.pub`.
+        #[arg(long, default_value = "fleet")]
+        out: PathBuf,
+        /// Replace existing files (every host certificate of the old authority stops being
+        /// trusted where the new anchor replaces the old one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Certify a DR host's pseudonym issuer: writes `<host>.issuer.key` (mode 0600).
+    CertifyHost {
+        /// A name for the host (used for the file name only).
+        host: String,
+        /// The fleet authority's secret (`twinctl fleet init`).
+        #[arg(long)]
+        authority: PathBuf,
+        /// How long the certificate is valid [days]; the host needs a new one before then.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        days: u64,
+        /// Directory to write the issuer file into.
+        #[arg(long, default_value = "fleet")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -144,7 +190,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json,
                 },
         } => dr_status(&vehicle, &admin, json).map(|()| ExitCode::SUCCESS),
+        Command::Fleet {
+            command: FleetCommand::Init { fleet, out, force },
+        } => fleet_init(&fleet, &out, force).map(|()| ExitCode::SUCCESS),
+        Command::Fleet {
+            command:
+                FleetCommand::CertifyHost {
+                    host,
+                    authority,
+                    days,
+                    out,
+                    force,
+                },
+        } => fleet_certify_host(&host, &authority, days, &out, force).map(|()| ExitCode::SUCCESS),
     }
+}
+
+fn fleet_init(fleet: &str, out: &Path, force: bool) -> anyhow::Result<()> {
+    use twinlink_share::keyfile;
+    let authority = twinlink_share::FleetAuthority::new(fleet, twinlink_share::KeyPair::generate())
+        .map_err(|e| anyhow::anyhow!("fleet id {fleet:?}: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let secret = out.join(format!("{fleet}.authority.key"));
+    let anchor = out.join(format!("{fleet}.authority.pub"));
+    if !force {
+        for p in [&secret, &anchor] {
+            anyhow::ensure!(
+                !p.exists(),
+                "{} exists; pass --force to replace it (hosts certified by the old authority stop being trusted where its anchor is replaced)",
+                p.display()
+            );
+        }
+    }
+    keyfile::save_authority(&secret, &authority, force)?;
+    keyfile::save_anchor(
+        &anchor,
+        &keyfile::TrustAnchor {
+            fleet_id: fleet.to_string(),
+            public_key: authority.public_key(),
+        },
+        force,
+    )?;
+    emit(&format!(
+        "fleet {fleet}: authority {} (keep offline, mode 0600)
+  trust anchor {} (give to every DR host), public key {}
+",
+        secret.display(),
+        anchor.display(),
+        authority.public_key().to_hex()
+    ))
+}
+
+fn fleet_certify_host(
+    host: &str,
+    authority: &Path,
+    days: u64,
+    out: &Path,
+    force: bool,
+) -> anyhow::Result<()> {
+    use twinlink_share::keyfile;
+    anyhow::ensure!(
+        !host.is_empty()
+            && host.len() <= 64
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+        "host name {host:?}: 1 to 64 ASCII letters, digits, '_', '-' or '.'"
+    );
+    let authority = keyfile::load_authority(authority)?;
+    let issuer_key = twinlink_share::KeyPair::generate();
+    let now = twinlink_share::time::now_us();
+    let until = now + days * 86_400 * 1_000_000;
+    let certificate = authority
+        .certify(issuer_key.public_key(), now, until)
+        .map_err(|e| anyhow::anyhow!("certifying {host}: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let path = out.join(format!("{host}.issuer.key"));
+    anyhow::ensure!(
+        force || !path.exists(),
+        "{} exists; pass --force to replace it",
+        path.display()
+    );
+    keyfile::save_issuer(&path, &issuer_key, &certificate, force)?;
+    emit(&format!(
+        "host {host} of fleet {}: issuer {} (mode 0600), valid {days} days, public key {}
+",
+        authority.fleet_id(),
+        path.display(),
+        issuer_key.public_key().to_hex()
+    ))
 }
 
 /// GETs `path` from the host's admin endpoint and parses the JSON body.

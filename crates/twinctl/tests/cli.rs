@@ -291,3 +291,82 @@ fn dr_commands_name_an_unreachable_host_and_bad_ids() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not-an-address"));
 }
+
+#[test]
+fn fleet_init_and_certify_host_write_private_credentials_that_verify() {
+    let dir = temp_dir("fleet");
+    let out = twinctl()
+        .args(["fleet", "init", "acme", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = dir.join("acme.authority.key");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second init does not replace the authority silently.
+    let again = twinctl()
+        .args(["fleet", "init", "acme", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let out = twinctl()
+        .args([
+            "fleet",
+            "certify-host",
+            "host-1",
+            "--days",
+            "7",
+            "--authority",
+        ])
+        .arg(&secret)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issuer = twinlink_share::keyfile::load_issuer(&dir.join("host-1.issuer.key")).unwrap();
+    let anchor = twinlink_share::keyfile::load_anchor(&dir.join("acme.authority.pub")).unwrap();
+    assert_eq!(issuer.fleet_id(), "acme");
+    assert!(issuer.certificate().is_signed_by(&anchor.public_key));
+    let week = issuer.certificate().valid_until_us - issuer.certificate().valid_from_us;
+    assert_eq!(week, 7 * 86_400 * 1_000_000);
+    // No secret in what was printed.
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    let key = text["secret_key"].as_str().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(key));
+
+    // Bad input: a fleet id that could not be a key chunk, an unreadable authority.
+    let bad = twinctl()
+        .args(["fleet", "init", "a/b", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("fleet id"));
+    let missing = twinctl()
+        .args([
+            "fleet",
+            "certify-host",
+            "h",
+            "--authority",
+            "/nonexistent/x.key",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.key"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,9 @@
 //! To find sources on its vehicle's route ahead, a twin names the tiles the route passes
 //! through ([`TileGrid::tiles_along`]) and asks for each.
 //!
+//! The credentials' files (fleet authority, trust anchor, a host's issuer) are read and
+//! written by [`keyfile`].
+//!
 //! Every `now_us` is microseconds since the Unix epoch ([`time`]).
 //!
 //! ```
@@ -65,6 +68,7 @@
 pub mod coarsen;
 pub mod disclosure;
 pub mod identity;
+pub mod keyfile;
 pub mod policy;
 pub mod tile;
 pub mod time;

@@ -6,6 +6,14 @@ use twinlink_msgs::builtin_interfaces::msg::Time;
 /// Microseconds in one second.
 pub const US_PER_S: u64 = 1_000_000;
 
+/// Now, in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Microseconds since the Unix epoch of a message time, or `None` for a time before the
 /// epoch or with `nanosec >= 1e9` (not a valid ROS time).
 pub fn time_us(t: &Time) -> Option<u64> {
