@@ -14,7 +14,11 @@ _twinlink_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 export TWINLINK_ROOT="$_twinlink_root"
 export TWINLINK_DEPS="${TWINLINK_DEPS:-$_twinlink_root/.deps}"
 export TWINLINK_ROS_PREFIX="${TWINLINK_ROS_PREFIX:-$TWINLINK_DEPS/ros}"
-export TWINLINK_MSGS_PREFIX="$TWINLINK_DEPS/msgs"
+# twin_msgs is installed into a prefix named after its definitions: when a message changes,
+# the prefix (and so AMENT_PREFIX_PATH) changes, and r2r, which watches that variable,
+# generates its bindings anew instead of keeping stale ones.
+_twinlink_msgs_hash="$(cd "$_twinlink_root/msgs/twin_msgs" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)"
+export TWINLINK_MSGS_PREFIX="$TWINLINK_DEPS/msgs-$_twinlink_msgs_hash"
 
 _twinlink_py="$TWINLINK_ROS_PREFIX/bin/python"
 [ -x "$_twinlink_py" ] || _twinlink_py="$(command -v python3)"

