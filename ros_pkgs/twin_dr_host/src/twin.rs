@@ -25,6 +25,7 @@ use twinlink_msgs::twin_msgs::msg::{
 };
 
 use crate::ego::{stamp_seconds, EgoEstimate, EgoEstimator, StateError};
+use crate::hazard_detect::{EgoView, HazardChanges, HazardDetector, TrackView};
 use crate::planner::{Plan, PlanContext, Planner};
 use crate::road::Road;
 use crate::tracker::{measurement, noise_of, Tracker, TrackerConfig};
@@ -170,7 +171,19 @@ pub struct Twin {
     regional_tiles: u64,
     refused: u64,
     last_plan: Option<Plan>,
+    /// Hazards learned from the twin's own tracks.
+    hazards: HazardDetector,
+    /// Twin time of the detector's last update [s].
+    hazards_checked: f64,
+    /// What the detector found since [`Twin::take_hazard_changes`] last took it.
+    hazard_changes: HazardChanges,
 }
+
+/// Most hazard changes kept for [`Twin::take_hazard_changes`] per kind.
+const MAX_PENDING_HAZARD_CHANGES: usize = 64;
+
+/// How often the hazard detector looks at the tracks [s of twin time] (its dwell is 2 s).
+const HAZARD_CHECK_PERIOD: f64 = 0.5;
 
 impl Twin {
     /// A new twin for `vehicle`.
@@ -188,6 +201,9 @@ impl Twin {
             regional_tiles: 0,
             refused: 0,
             last_plan: None,
+            hazards: HazardDetector::default(),
+            hazards_checked: f64::NEG_INFINITY,
+            hazard_changes: HazardChanges::default(),
         }
     }
 
@@ -358,7 +374,75 @@ impl Twin {
                 tr.dimensions[1],
             )
         }));
+        if now - self.hazards_checked >= HAZARD_CHECK_PERIOD || now < self.hazards_checked {
+            self.hazards_checked = now;
+            self.detect_hazards(now, dt.clamp(0.0, 2.0));
+        }
         Some(e)
+    }
+
+    /// Runs the hazard detector over the confirmed tracks (moved on by `dt` to `now`) and
+    /// puts what it raised into the world model as the twin's own hazards.
+    fn detect_hazards(&mut self, now: f64, dt: f64) {
+        let views: Vec<TrackView> = self
+            .tracker
+            .confirmed()
+            .map(|tr| {
+                let (p, cov) = tr.filter.position();
+                let v = tr.filter.velocity();
+                TrackView {
+                    id: tr.id,
+                    x: p.x + v.x * dt,
+                    y: p.y + v.y * dt,
+                    vx: v.x,
+                    vy: v.y,
+                    length: tr.dimensions[0],
+                    width: tr.dimensions[1],
+                    class: tr.class(),
+                    position_sigma: ((cov[(0, 0)] + cov[(1, 1)]) / 2.0).max(0.0).sqrt(),
+                }
+            })
+            .collect();
+        let ego = self.world.ego();
+        let ego = EgoView {
+            s: ego.s,
+            speed: ego.speed,
+        };
+        let changes = self.hazards.update(now, views, self.world.road(), ego);
+        for inc in changes.new.iter().chain(&changes.updated) {
+            // The detector's incidents lie on the route by construction.
+            let _ = self.world.add_incident(inc, now, Source::OwnSensors);
+        }
+        for id in changes.resolved.iter().chain(&changes.expired) {
+            self.world.remove_incident(id, Source::OwnSensors);
+        }
+        let pending = &mut self.hazard_changes;
+        pending.new.extend(changes.new);
+        pending.updated.extend(changes.updated);
+        pending.resolved.extend(changes.resolved);
+        pending.expired.extend(changes.expired);
+        // Nobody taking them (no sharing configured) must not make them grow.
+        for list in [&mut pending.new, &mut pending.updated] {
+            if list.len() > MAX_PENDING_HAZARD_CHANGES {
+                list.drain(..list.len() - MAX_PENDING_HAZARD_CHANGES);
+            }
+        }
+        for list in [&mut pending.resolved, &mut pending.expired] {
+            if list.len() > MAX_PENDING_HAZARD_CHANGES {
+                list.drain(..list.len() - MAX_PENDING_HAZARD_CHANGES);
+            }
+        }
+    }
+
+    /// The hazards learned from the vehicle's own sensors since the last call: raised,
+    /// changed, resolved and expired (for sharing with other twins).
+    pub fn take_hazard_changes(&mut self) -> HazardChanges {
+        std::mem::take(&mut self.hazard_changes)
+    }
+
+    /// The hazard detector (its active hazards and counters).
+    pub fn hazard_detector(&self) -> &HazardDetector {
+        &self.hazards
     }
 
     /// Plans for time `now` [s since the Unix epoch] and returns the recommendation, with a
@@ -495,6 +579,43 @@ mod tests {
             (status.states, status.summaries, status.refused),
             (20, 20, 1)
         );
+    }
+
+    #[test]
+    fn a_car_stopped_in_the_next_lane_becomes_the_twins_own_hazard() {
+        let mut twin = Twin::new("veh-1", &settings());
+        let t0 = 1_700_000_000.0;
+        let mut raised_at = None;
+        for k in 0..45 {
+            let t = t0 + k as f64 * 0.1;
+            let ego_x = 100.0 + 25.0 * (t - t0);
+            twin.on_state(&state(t, ego_x, 25.0)).unwrap();
+            // A car stopped at x = 300 in lane 1 (3.5 m to the left).
+            twin.on_summary(&summary(t, &[(300.0 - ego_x, 3.5, 0.0)]))
+                .unwrap();
+            twin.recommend(t, 5.0).unwrap();
+            let changes = twin.take_hazard_changes();
+            if !changes.new.is_empty() {
+                assert!(raised_at.is_none(), "raised once");
+                raised_at = Some(t - t0);
+                let inc = &changes.new[0];
+                assert_eq!(inc.incident_kind, Incident::INCIDENT_STALLED_VEHICLE);
+                assert_eq!(inc.lane_index, 1);
+                assert!((inc.position.x - 300.0).abs() < 1.0, "{inc:?}");
+            }
+        }
+        // After the 2 s dwell (and the tracker's confirmation), not before.
+        let raised_at = raised_at.expect("the stopped car became a hazard");
+        assert!((2.0..=3.5).contains(&raised_at), "{raised_at}");
+        let own: Vec<_> = twin
+            .world()
+            .hazards()
+            .iter()
+            .filter(|h| h.source == Source::OwnSensors)
+            .collect();
+        assert_eq!(own.len(), 1, "{:?}", twin.world().hazards());
+        assert_eq!(own[0].lane, 1);
+        assert_eq!(twin.hazard_detector().stats().hazards_raised, 1);
     }
 
     #[test]

@@ -468,6 +468,12 @@ impl WorldModel {
         Ok(())
     }
 
+    /// Forgets the hazard `id` if it came from `source` (a hazard the vehicle's own
+    /// sensors raised and then saw drive off goes; the same id from the region stays).
+    pub fn remove_incident(&mut self, id: &str, source: Source) {
+        self.hazards.retain(|h| !(h.id == id && h.source == source));
+    }
+
     /// Hazards as standing obstacles; a hazard on all lanes yields one per lane.
     /// Congestion is not an obstacle (it is traffic, see [`WorldModel::slow_traffic_ahead`]).
     fn hazard_obstacles(&self, lane: i32) -> impl Iterator<Item = Obstacle> + '_ {
