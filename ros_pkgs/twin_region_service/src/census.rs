@@ -13,6 +13,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use twinlink_msgs::builtin_interfaces::msg::{Duration as RosDuration, Time};
+pub use twinlink_share::time::{now_us, ros_time, time_us};
 
 /// Microseconds since the Unix epoch (the service's clock and the unit of windows).
 pub type Micros = u64;
@@ -73,27 +74,9 @@ pub fn contributor_token(secret: &[u8], window_index: u64) -> String {
         .collect()
 }
 
-/// A ROS time as microseconds since the epoch; `None` for a negative time or a
-/// nanosecond field of a second or more.
-pub fn time_us(t: &Time) -> Option<Micros> {
-    if t.sec < 0 || t.nanosec >= 1_000_000_000 {
-        return None;
-    }
-    Some(t.sec as u64 * 1_000_000 + u64::from(t.nanosec) / 1_000)
-}
-
 /// Whether a ROS time has sub-microsecond digits (it cannot be a window start).
 pub fn has_sub_micros(t: &Time) -> bool {
     t.nanosec % 1_000 != 0
-}
-
-/// Microseconds since the epoch as a ROS time (saturating at the end of `i32` seconds).
-pub fn ros_time(t_us: Micros) -> Time {
-    let sec = (t_us / 1_000_000).min(i32::MAX as u64) as i32;
-    Time {
-        sec,
-        nanosec: ((t_us % 1_000_000) * 1_000) as u32,
-    }
 }
 
 /// A span of microseconds as a ROS duration.
@@ -103,13 +86,6 @@ pub fn ros_duration(span_us: Micros) -> RosDuration {
         sec: t.sec,
         nanosec: t.nanosec,
     }
-}
-
-/// The wall clock [µs since the epoch].
-pub fn now_us() -> Micros {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
