@@ -9,9 +9,7 @@ use twinlink_link::link::LinkStats;
 use twinlink_link::minimal::{ros_time, STREAM_STATE};
 use twinlink_link::Priority;
 use twinlink_msgs::nav_msgs::msg::Odometry;
-use twinlink_msgs::twin_msgs::msg::{
-    PerceptionSummary, SharedObservation, SharingPolicy, SharingRule, TwinStatus, VehicleState,
-};
+use twinlink_msgs::twin_msgs::msg::{PerceptionSummary, SharingPolicy, TwinStatus, VehicleState};
 
 use crate::params::{ParamSpec, Params};
 
@@ -606,48 +604,11 @@ impl PolicyStore {
     }
 
     /// Validates and accepts a new policy; returns it with its version set, or why not.
+    /// The rules are the ones the twin enforces (`twinlink_share::policy`), so the vehicle
+    /// never accepts a policy its twin would refuse.
     pub fn set(&mut self, mut policy: SharingPolicy) -> Result<SharingPolicy, String> {
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, rule) in policy.rules.iter().enumerate() {
-            if !matches!(
-                rule.category,
-                SharedObservation::CATEGORY_HAZARDS
-                    | SharedObservation::CATEGORY_OBJECTS
-                    | SharedObservation::CATEGORY_TRAFFIC
-            ) {
-                return Err(format!(
-                    "rules[{i}].category {} is not a SharedObservation category",
-                    rule.category
-                ));
-            }
-            if !seen.insert(rule.category) {
-                return Err(format!(
-                    "rules[{i}]: a second rule for category {}",
-                    rule.category
-                ));
-            }
-            if !matches!(
-                rule.audience,
-                SharingRule::AUDIENCE_NOBODY
-                    | SharingRule::AUDIENCE_SAME_FLEET
-                    | SharingRule::AUDIENCE_ANY_TWIN
-            ) {
-                return Err(format!(
-                    "rules[{i}].audience {} is not an AUDIENCE_* value",
-                    rule.audience
-                ));
-            }
-            if !(rule.spatial_precision.is_finite() && rule.spatial_precision >= 0.0) {
-                return Err(format!(
-                    "rules[{i}].spatial_precision must be a non-negative number of metres"
-                ));
-            }
-            if !(rule.max_age.is_finite() && rule.max_age >= 0.0) {
-                return Err(format!(
-                    "rules[{i}].max_age must be a non-negative number of seconds"
-                ));
-            }
-        }
+        twinlink_share::policy::validate_policy(&policy, twinlink_share::time::now_us())
+            .map_err(|e| e.to_string())?;
         policy.version = self.current.version + 1;
         self.current = policy.clone();
         Ok(policy)
@@ -658,6 +619,17 @@ impl PolicyStore {
 mod tests {
     use super::*;
     use crate::params::{resolve, Given, ParamValue};
+    use twinlink_msgs::twin_msgs::msg::{SharedObservation, SharingRule};
+
+    fn rule_for_twin() -> SharingRule {
+        SharingRule {
+            category: SharedObservation::CATEGORY_HAZARDS,
+            audience: SharingRule::AUDIENCE_ANY_TWIN,
+            spatial_precision: 10.0,
+            max_age: 60.0,
+            ..Default::default()
+        }
+    }
 
     fn config() -> UplinkConfig {
         let mut given = Given::new();
@@ -796,6 +768,27 @@ mod tests {
                 ..Default::default()
             })
             .is_err());
+        assert_eq!(store.current().version, 1);
+        // What the twin would refuse, the vehicle refuses too: a grant already expired,
+        // and a maximum age of zero.
+        let mut expired = rule_for_twin();
+        expired.expires.sec = 1;
+        let e = store
+            .set(SharingPolicy {
+                rules: vec![expired],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.contains("rules[0].expires"), "{e}");
+        let mut zero_age = rule_for_twin();
+        zero_age.max_age = 0.0;
+        let e = store
+            .set(SharingPolicy {
+                rules: vec![zero_age],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.contains("rules[0].max_age"), "{e}");
         assert_eq!(store.current().version, 1);
     }
 }
