@@ -241,49 +241,9 @@ pub struct CoverageSpec {
     pub zones: Vec<CoverageZone>,
 }
 
-/// What the wireless link offers at a place.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkQuality {
-    /// Bandwidth each way [bit/s]; 0 is no coverage.
-    pub bandwidth_bps: f64,
-    /// One-way latency [ms].
-    #[serde(default = "default_latency")]
-    pub latency_ms: f64,
-    /// Packet loss, 0 to 1.
-    #[serde(default)]
-    pub loss: f64,
-}
-
-fn default_latency() -> f64 {
-    20.0
-}
-
-impl Default for LinkQuality {
-    fn default() -> Self {
-        LinkQuality {
-            bandwidth_bps: 10e6,
-            latency_ms: default_latency(),
-            loss: 0.0,
-        }
-    }
-}
-
-impl LinkQuality {
-    /// No coverage at all.
-    pub fn none() -> Self {
-        LinkQuality {
-            bandwidth_bps: 0.0,
-            latency_ms: 0.0,
-            loss: 1.0,
-        }
-    }
-
-    /// Whether anything gets through.
-    pub fn is_covered(&self) -> bool {
-        self.bandwidth_bps > 0.0 && self.loss < 1.0
-    }
-}
+/// What the wireless link offers at a place: the link's own radio quality (the real-time
+/// mode applies it to each vehicle's link as it is).
+pub use twinlink_link::radio::RadioQuality as LinkQuality;
 
 /// A cell: a base station beside the road.
 ///
@@ -407,16 +367,7 @@ impl CoverageSpec {
         twinlink_link::radio::RadioMap {
             start_m: 0.0,
             step_m,
-            samples: (0..n)
-                .map(|i| {
-                    let q = self.at((i as f64 + 0.5) * step_m);
-                    twinlink_link::radio::RadioQuality {
-                        bandwidth_bps: q.bandwidth_bps,
-                        latency_ms: q.latency_ms,
-                        loss: q.loss,
-                    }
-                })
-                .collect(),
+            samples: (0..n).map(|i| self.at((i as f64 + 0.5) * step_m)).collect(),
         }
     }
 }

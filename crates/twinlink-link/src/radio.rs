@@ -15,16 +15,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::{FaultControl, FaultPlan};
 
-/// What the wireless link offers at a place.
+/// What the wireless link offers at a place (also a scenario's `coverage` quality, where
+/// `latency_ms` defaults to 20 and `loss` to 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RadioQuality {
     /// Bandwidth each way [bit/s]; 0 is no coverage.
     pub bandwidth_bps: f64,
     /// One-way latency [ms].
+    #[serde(default = "default_latency_ms")]
     pub latency_ms: f64,
     /// Packet loss, 0 to 1.
+    #[serde(default)]
     pub loss: f64,
+}
+
+fn default_latency_ms() -> f64 {
+    20.0
+}
+
+/// 10 Mbit/s, 20 ms, no loss.
+impl Default for RadioQuality {
+    fn default() -> Self {
+        RadioQuality {
+            bandwidth_bps: 10e6,
+            latency_ms: default_latency_ms(),
+            loss: 0.0,
+        }
+    }
 }
 
 impl RadioQuality {
