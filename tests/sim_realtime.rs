@@ -93,6 +93,24 @@ fn twins_advise_the_simulated_vehicles_and_change_what_they_do() {
     for (vehicle, audit) in &demo.audits {
         assert_eq!(audit["intact"], true, "{vehicle}: {audit}");
     }
+
+    // Each link node applied the scenario's coverage to its link: the quality changed as
+    // its vehicle drove away from the first cell, every frame it sent went through the
+    // shaped path, and it sent its state and objects by dead reckoning.
+    for name in ["car_1", "car_2"] {
+        let path = out.join(format!("logs/link_{name}.json"));
+        let node: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let c = &node["counters"];
+        assert!(c["radio_changes"].as_u64().unwrap() > 10, "{name}: {c}");
+        let faults = &node["link"]["faults"];
+        assert!(faults["offered"].as_u64().unwrap() > 100, "{name}: {faults}");
+        let states = &c["state_inclusion"];
+        assert!(
+            states["sent"].as_u64().unwrap() * 2 < states["seen"].as_u64().unwrap(),
+            "{name}: {states}"
+        );
+    }
     assert!(matches!(trace[0], TraceRecord::Snapshot(_)));
     let _ = std::fs::remove_dir_all(&out);
 }
