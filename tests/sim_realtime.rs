@@ -104,7 +104,10 @@ fn twins_advise_the_simulated_vehicles_and_change_what_they_do() {
         let c = &node["counters"];
         assert!(c["radio_changes"].as_u64().unwrap() > 10, "{name}: {c}");
         let faults = &node["link"]["faults"];
-        assert!(faults["offered"].as_u64().unwrap() > 100, "{name}: {faults}");
+        assert!(
+            faults["offered"].as_u64().unwrap() > 100,
+            "{name}: {faults}"
+        );
         let states = &c["state_inclusion"];
         assert!(
             states["sent"].as_u64().unwrap() * 2 < states["seen"].as_u64().unwrap(),
