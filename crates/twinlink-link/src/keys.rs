@@ -12,7 +12,10 @@
 //! twinlink/v1/twin/<vehicle>/alive/dr       liveliness token of the DR
 //! twinlink/v1/twin/*/...                    the same for every vehicle: a link hub's
 //!                                           wildcard declarations (crate::hub)
-//! twinlink/v1/relay/<from>/<to>             inter-twin relay, DR -> DR (reserved)
+//! twinlink/v1/share/<category>/<tile>       inter-twin disclosures by name, what and where
+//!                                           (sealed twin_msgs/SharedObservation envelopes;
+//!                                           no vehicle, twin or pseudonym in the key)
+//! twinlink/v1/share/<category>/*            the same for every tile
 //! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
 //!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
 //! twinlink/v1/region/<tile>/hazards         incidents from outside the census (road-side
@@ -245,9 +248,24 @@ impl TwinKeys {
     }
 }
 
-/// Inter-twin relay from one DR to another (reserved for the relay service).
-pub fn relay(from: &VehicleId, to: &VehicleId) -> OwnedKeyExpr {
-    key(format!("{ROOT}/relay/{from}/{to}"))
+/// Inter-twin disclosures of `category` (`hazards`, `objects`, `traffic`) in `tile`.
+pub fn share(category: &str, tile: &RegionTile) -> Result<OwnedKeyExpr, KeyError> {
+    validate_chunk("category", category, 64)?;
+    Ok(key(format!("{ROOT}/share/{category}/{}", tile.0)))
+}
+
+/// Inter-twin disclosures of `category` in every tile.
+pub fn any_share(category: &str) -> Result<OwnedKeyExpr, KeyError> {
+    validate_chunk("category", category, 64)?;
+    Ok(key(format!("{ROOT}/share/{category}/*")))
+}
+
+/// The category and tile of a share key (`twinlink/v1/share/<category>/<tile>`).
+pub fn share_name_of(key_expr: &str) -> Option<(&str, RegionTile)> {
+    let rest = key_expr.strip_prefix(ROOT)?.strip_prefix("/share/")?;
+    let (category, tile) = rest.split_once('/')?;
+    validate_chunk("category", category, 64).ok()?;
+    Some((category, RegionTile::new(tile).ok()?))
 }
 
 /// Regional traffic of one tile and category (reserved for the regional service).
@@ -344,12 +362,15 @@ mod tests {
         );
         assert_eq!(t.data_from(Role::Pe), t.uplink());
         assert_eq!(t.data_from(Role::Dr), t.downlink());
-        let other = VehicleId::new("veh-02").unwrap();
-        assert_eq!(
-            relay(t.vehicle(), &other).as_str(),
-            "twinlink/v1/relay/veh-01/veh-02"
-        );
         let tile = RegionTile::new("120_33").unwrap();
+        let shared = share("hazards", &tile).unwrap();
+        assert_eq!(shared.as_str(), "twinlink/v1/share/hazards/120_33");
+        let (category, back) = share_name_of(shared.as_str()).unwrap();
+        assert_eq!((category, back.as_str()), ("hazards", "120_33"));
+        assert!(any_share("hazards").unwrap().intersects(&shared));
+        assert!(share("haz/*", &tile).is_err());
+        assert!(share_name_of("twinlink/v1/share/hazards").is_none());
+        assert!(share_name_of("twinlink/v1/share/hazards/1_2/x").is_none());
         assert_eq!(
             region(&tile, "hazard").unwrap().as_str(),
             "twinlink/v1/region/120_33/hazard"

@@ -859,7 +859,7 @@ impl DiscloseError {
 /// One twin's sharing side: its vehicle's consent, its pseudonym rotation and the tile grid.
 ///
 /// [`Discloser::disclose`] is the whole outbound path: decide, coarsen, seal.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Discloser {
     /// The vehicle's consent; change it through grant, revoke and set.
     pub consent: Consent,

@@ -584,7 +584,7 @@ impl Default for RotationConfig {
 /// to verify, over a few seconds instead of one instant, while rotations still cluster
 /// around the boundary, where many pseudonyms change at once and old and new ones are hard
 /// to pair up. A large jitter would make each change stand out on its own.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rotation {
     config: RotationConfig,
     current: Option<PseudonymCredential>,

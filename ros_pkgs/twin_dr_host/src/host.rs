@@ -43,18 +43,24 @@ use twinlink_link::{
     KeyMaterial, LinkConfig, LinkEnd, LinkEvent, LinkHub, Priority, ZenohSettings,
 };
 use twinlink_msgs::twin_msgs::msg::{
-    PerceptionSummary, RegionalTraffic, SharingPolicy, VehicleState,
+    Incident, PerceptionSummary, RegionalTraffic, SharingPolicy, VehicleState,
 };
 use twinlink_msgs::Message as _;
+use twinlink_share::{Verified, Verifier};
 
 use crate::admin::{self, AdminRequest};
 use crate::audit::{AuditConfig, AuditLog, Kind};
 use crate::metrics::HostMetrics;
+use crate::relay::{route_tiles, Outcome, ShareConfig, ROUTE_MARGIN_M};
 use crate::store::{Store, StoredMessage, WriteOp, Writer, WriterHandle};
 use crate::twin::{Twin, TwinSettings};
 
 /// Stream of recommendations (DR → PE).
 pub const STREAM_RECOMMENDATION: &str = "recommendation";
+/// Stream of observations relayed from other twins (DR → PE, `SharedObservation`).
+pub const STREAM_RELAYED: &str = "relayed";
+/// The shared-data category the twins disclose and take.
+pub const SHARE_CATEGORY: &str = "hazards";
 /// Regional data category the host subscribes to.
 pub const REGION_TRAFFIC: &str = "traffic";
 
@@ -90,6 +96,9 @@ pub struct HostConfig {
     /// must count it, rebuild the twin and keep every other twin running). `None` in
     /// production.
     pub chaos_panic_stream: Option<String>,
+    /// Inter-twin sharing: the host's pseudonym issuer and the fleets it trusts. `None`:
+    /// its twins neither disclose nor take other twins' disclosures.
+    pub share: Option<ShareConfig>,
 }
 
 /// At most this many refusals a second are logged per twin; the rest are counted (and
@@ -137,6 +146,7 @@ impl LogBudget {
 /// What one active twin is told by the host.
 enum DrCommand {
     Regional(Arc<RegionalTraffic>),
+    Relayed(Arc<Verified>),
     Status(oneshot::Sender<Value>),
     Shutdown,
 }
@@ -164,6 +174,7 @@ const NOT_APPLYING: u64 = u64::MAX;
 /// What every twin task shares.
 struct Shared {
     config: HostConfig,
+    session: zenoh::Session,
     hub: LinkHub,
     store: Store,
     writer: WriterHandle,
@@ -220,8 +231,46 @@ pub async fn run(
         ),
         None => None,
     };
+    // Inter-twin sharing: one subscription per tile name along the host's route; each
+    // disclosure is verified once here and offered to every active twin.
+    let (relay_tx, mut relay_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+    let mut verifier: Option<Verifier> = None;
+    let mut share_subscribers = Vec::new();
+    if let Some(share) = &config.share {
+        verifier = Some(
+            share
+                .verifier()
+                .map_err(|e| anyhow::anyhow!("sharing: {e}"))?,
+        );
+        let tiles = route_tiles(&config.settings.road, &share.identity.grid, ROUTE_MARGIN_M);
+        for tile in &tiles {
+            let tile = keys::RegionTile::new(&tile.to_string())?;
+            let key = keys::share(SHARE_CATEGORY, &tile)?;
+            let (tx, m) = (relay_tx.clone(), metrics.clone());
+            let subscriber = session
+                .declare_subscriber(key)
+                .callback(move |sample| {
+                    let item = (
+                        sample.key_expr().to_string(),
+                        sample.payload().to_bytes().into_owned(),
+                    );
+                    if tx.try_send(item).is_err() {
+                        HostMetrics::count(&m.relay_received, "result", "overflow");
+                    }
+                })
+                .await
+                .map_err(|e| z("share subscriber", e))?;
+            share_subscribers.push(subscriber);
+        }
+        info!(
+            fleet = share.identity.issuer.fleet_id(),
+            tiles = tiles.len(),
+            "sharing hazards along the route"
+        );
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
+        session: session.clone(),
         hub,
         store,
         writer: writer.handle(),
@@ -241,6 +290,7 @@ pub async fn run(
     // activation) while its vehicle is still there is woken again.
     let mut present: HashSet<String> = HashSet::new();
     let mut retry_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut relay_log = LogBudget::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -249,6 +299,14 @@ pub async fn run(
             _ = retry_tick.tick() => {
                 for v in &present {
                     activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
+                }
+                if let Some(verifier) = verifier.as_mut() {
+                    verifier.purge(now_us());
+                }
+            }
+            Some((key, bytes)) = relay_rx.recv() => {
+                if let Some(verifier) = verifier.as_mut() {
+                    relay_in(&shared, &mut slots, verifier, &key, &bytes, &mut relay_log);
                 }
             }
             event = hub_events.recv() => {
@@ -321,6 +379,7 @@ pub async fn run(
     // Twins that did not stop in time are ended (their acknowledged messages are durable
     // already); they hold the store writer's queue open until then.
     tasks.shutdown().await;
+    drop(share_subscribers);
     drop(shared);
     writer.stop();
     let _ = session.close().await;
@@ -336,6 +395,14 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
                 if m.type_name == VehicleState::TYPE_NAME {
                     if let Ok(state) = twinlink_msgs::codec::decode::<VehicleState>(&m.payload) {
                         let _ = twin.on_state(&state);
+                    }
+                } else if m.type_name == SharingPolicy::TYPE_NAME {
+                    // The vehicle's newest policy holds until it sends another (its grants'
+                    // own expiry still applies).
+                    if let Ok(policy) = twinlink_msgs::codec::decode::<SharingPolicy>(&m.payload) {
+                        if let Err(e) = twin.on_policy(policy, now_us()) {
+                            warn!(%vehicle, error = %e, "the stored sharing policy is refused now");
+                        }
                     }
                 }
             }
@@ -496,6 +563,53 @@ fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, payload: &
     }
 }
 
+/// One disclosure from the share key space: verified once (signature, certificate chain,
+/// trust, freshness, replay; its name must match what it says), then offered to every
+/// active twin. Every refusal is counted by reason.
+fn relay_in(
+    shared: &Shared,
+    slots: &mut HashMap<String, Slot>,
+    verifier: &mut Verifier,
+    key: &str,
+    bytes: &[u8],
+    log: &mut LogBudget,
+) {
+    let refuse = |log: &mut LogBudget, reason: &str, text: String| {
+        HostMetrics::count(&shared.metrics.relay_received, "result", reason);
+        if log.allow("(relay)") {
+            warn!(key, reason, "disclosure refused: {text}");
+        }
+    };
+    let verified = match verifier.verify(bytes, now_us()) {
+        Ok(v) => v,
+        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    };
+    let said = (
+        twinlink_share::category_name(verified.observation.category),
+        verified.observation.region_tile.as_str(),
+    );
+    match keys::share_name_of(key) {
+        Some((category, tile)) if Some(category) == said.0 && tile.as_str() == said.1 => {}
+        _ => {
+            return refuse(
+                log,
+                "name_mismatch",
+                format!(
+                    "published under {key} but names {:?} in tile {:?}",
+                    said.0, said.1
+                ),
+            )
+        }
+    }
+    HostMetrics::count(&shared.metrics.relay_received, "result", "verified");
+    let verified = Arc::new(verified);
+    for slot in slots.values() {
+        if let SlotState::Active(tx) = &slot.state {
+            let _ = tx.send(DrCommand::Relayed(verified.clone()));
+        }
+    }
+}
+
 fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
     let now = now_us() as f64 * 1e-6;
     match request {
@@ -559,7 +673,11 @@ fn document(twin: &Twin, now: f64, active: bool, link: Option<Value>) -> Value {
                       "recommendations": status.recommendations, "regional_tiles": status.regional_tiles,
                       "refused": status.refused},
         "tracks": status.confirmed_tracks,
-        "hazards": twin.world().hazards().iter().map(|h| json!({"id": h.id, "kind": h.kind, "s": h.s, "lane": h.lane})).collect::<Vec<_>>(),
+        "hazards": twin.world().hazards().iter().map(|h| json!({"id": h.id, "kind": h.kind, "s": h.s, "lane": h.lane, "source": format!("{:?}", h.source)})).collect::<Vec<_>>(),
+        "sharing": {"policy_version": twin.sharing().consent().version(),
+                    "fetch_allowed": twin.sharing().consent().may_fetch_autonomously(),
+                    "shared_hazards": twin.sharing().active(),
+                    "counters": twin.sharing().stats()},
         "link": link,
     })
 }
@@ -678,7 +796,14 @@ async fn twin_loop(
                             // Kept (durable, audited) and counted, never applied again.
                             shared.metrics.reject("poison_message");
                             warn!(vehicle = %vehicle, seq = d.seq, stream = %m.stream, "a message that made this twin panic was quarantined");
-                        } else if apply(shared, twin, m, &mut log_budget) {
+                        } else if match apply(shared, twin, m, &mut log_budget) {
+                            Applied::Recommend => true,
+                            Applied::Nothing => false,
+                            Applied::Policy(record) => {
+                                audit.append(Kind::Policy, record, &m.payload)?;
+                                false
+                            }
+                        } {
                             let now = now_us();
                             if let Some(r) = twin.recommend(now as f64 * 1e-6, c.min_horizon) {
                                 let out = to_link(STREAM_RECOMMENDATION, Priority::OwnState, &r, now);
@@ -694,6 +819,7 @@ async fn twin_loop(
                             }
                         }
                         applying.store(NOT_APPLYING, Ordering::Relaxed);
+                        share_out(shared, twin, &mut audit).await?;
                         sync_deferred(shared, &mut audit)?;
                     }
                     LinkEvent::PeerUp { .. } => {
@@ -714,6 +840,9 @@ async fn twin_loop(
                             shared.metrics.reject(e.reason());
                         }
                     }
+                    Some(DrCommand::Relayed(verified)) => {
+                        relay_to_vehicle(shared, twin, &verified, &mut audit, &mut link)?;
+                    }
                     Some(DrCommand::Status(reply)) => {
                         let stats = Some(serde_json::to_value(link.stats()).unwrap_or(Value::Null));
                         let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));
@@ -723,6 +852,7 @@ async fn twin_loop(
             }
             _ = tick.tick() => {
                 durable.take(&mut durable_rx, &mut audit, &mut link, true)?;
+                share_out(shared, twin, &mut audit).await?;
                 if !peer_alive && gone_since.elapsed() >= c.idle_after {
                     break;
                 }
@@ -801,29 +931,57 @@ impl DurableConfirmations {
     }
 }
 
-/// Applies one message to the twin; true when it calls for a recommendation (a summary).
+/// What applying one message calls for.
+enum Applied {
+    /// Nothing more.
+    Nothing,
+    /// A recommendation (after a summary).
+    Recommend,
+    /// An audit record of the policy now in force.
+    Policy(Value),
+}
+
+/// Applies one message to the twin.
 fn apply(
     shared: &Shared,
     twin: &mut Twin,
     m: &twinlink_link::Message,
     log: &mut LogBudget,
-) -> bool {
+) -> Applied {
     let t = m.type_name.as_str();
     let result = if t == VehicleState::TYPE_NAME {
         from_link::<VehicleState>(m)
             .map_err(|e| ("undecodable", e.to_string()))
             .and_then(|s| twin.on_state(&s).map_err(|e| (e.reason(), e.to_string())))
-            .map(|_| false)
+            .map(|_| Applied::Nothing)
     } else if t == PerceptionSummary::TYPE_NAME {
         from_link::<PerceptionSummary>(m)
             .map_err(|e| ("undecodable", e.to_string()))
             .and_then(|s| twin.on_summary(&s).map_err(|e| (e.reason(), e.to_string())))
-            .map(|_| true)
-    } else if t == SharingPolicy::TYPE_NAME {
-        // Kept durably as the stream's newest message; enforced by the relay.
-        from_link::<SharingPolicy>(m)
-            .map(|_| false)
+            .map(|_| Applied::Recommend)
+    } else if t == Incident::TYPE_NAME {
+        from_link::<Incident>(m)
             .map_err(|e| ("undecodable", e.to_string()))
+            .and_then(|i| {
+                twin.on_vehicle_incident(&i, now_us() as f64 * 1e-6)
+                    .map_err(|e| (e.reason(), e.to_string()))
+            })
+            .map(|_| Applied::Nothing)
+    } else if t == SharingPolicy::TYPE_NAME {
+        // Kept durably as the stream's newest message (restored after a restart) and
+        // enforced by the twin's consent from now on.
+        from_link::<SharingPolicy>(m)
+            .map_err(|e| ("undecodable", e.to_string()))
+            .and_then(|p| {
+                let rules = p.rules.len();
+                let fetch = p.allow_autonomous_fetch;
+                twin.on_policy(p, now_us())
+                    .map(|version| {
+                        Applied::Policy(json!({"event": "policy_set", "version": version,
+                                               "rules": rules, "allow_autonomous_fetch": fetch}))
+                    })
+                    .map_err(|e| ("invalid_policy", e.to_string()))
+            })
     } else {
         Err((
             "unknown_type",
@@ -831,18 +989,108 @@ fn apply(
         ))
     };
     match result {
-        Ok(recommend) => {
+        Ok(applied) => {
             shared.metrics.applied(t);
-            recommend
+            applied
         }
         Err((reason, text)) => {
             shared.metrics.reject(reason);
             if log.allow(twin.vehicle()) {
                 warn!(vehicle = twin.vehicle(), reason, "{text}");
             }
-            false
+            Applied::Nothing
         }
     }
+}
+
+/// Discloses what the twin learned (see [`crate::relay`]): each permitted hazard is
+/// published under its name and recorded in the twin's audit log with the pseudonym and
+/// disclosure id the receivers record; a denial is recorded with its reason (once per
+/// hazard and reason) and nothing leaves.
+async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> anyhow::Result<()> {
+    let Some(share) = &shared.config.share else {
+        // Nobody to share with: the changes are dropped (the twin bounds them anyway).
+        let _ = twin.take_hazard_changes();
+        return Ok(());
+    };
+    let now = now_us();
+    for outcome in twin.share(&share.identity.issuer, now) {
+        match outcome {
+            Outcome::Disclosed(d) => {
+                let tile = keys::RegionTile::new(&d.name.tile.to_string())?;
+                let key = keys::share(d.name.category.name(), &tile)?;
+                audit.append(
+                    Kind::Disclosure,
+                    json!({"direction": "out", "name": d.name.to_string(), "audience": "any_twin",
+                           "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id,
+                           "hazard": d.hazard_id, "disclosed_as": d.disclosed_id,
+                           "withdrawal": d.withdrawal, "precision_m": d.precision_m, "at_us": now}),
+                    &d.bytes,
+                )?;
+                HostMetrics::count(&shared.metrics.disclosures, "result", "disclosed");
+                if let Err(e) = shared.session.put(key, d.bytes).await {
+                    HostMetrics::count(&shared.metrics.disclosures, "result", "publish_failed");
+                    warn!(vehicle = twin.vehicle(), error = %e, "publishing a disclosure failed");
+                }
+            }
+            Outcome::Denied {
+                hazard_id,
+                reason,
+                repeated,
+            } => {
+                HostMetrics::count(&shared.metrics.disclosures, "result", reason);
+                if !repeated {
+                    audit.append(
+                        Kind::Disclosure,
+                        json!({"direction": "out", "decision": "denied", "reason": reason,
+                               "category": SHARE_CATEGORY, "hazard": hazard_id, "at_us": now}),
+                        b"",
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Offers another twin's verified disclosure to this twin; what it takes (hazards on its
+/// route) is recorded in its audit log and sent to its vehicle over the link.
+fn relay_to_vehicle(
+    shared: &Shared,
+    twin: &mut Twin,
+    verified: &Verified,
+    audit: &mut AuditLog,
+    link: &mut LinkEnd,
+) -> anyhow::Result<()> {
+    let now = now_us();
+    let observation = match twin.on_relayed(verified, now as f64 * 1e-6) {
+        Ok(o) if o.hazards.is_empty() => {
+            HostMetrics::count(&shared.metrics.relay_ignored, "reason", "off_route");
+            return Ok(());
+        }
+        Ok(o) => o,
+        Err(why) => {
+            HostMetrics::count(&shared.metrics.relay_ignored, "reason", why.as_str());
+            return Ok(());
+        }
+    };
+    let out = to_link(STREAM_RELAYED, Priority::Hazard, &observation, now);
+    audit.append(
+        Kind::Disclosure,
+        json!({"direction": "in", "fleet": verified.fleet_id, "audience": verified.audience.as_str(),
+               "pseudonym": verified.pseudonym, "disclosure_id": observation.disclosure_id,
+               "name": format!("{SHARE_CATEGORY}/{}", observation.region_tile),
+               "hazards": observation.hazards.len(), "at_us": now}),
+        &out.payload,
+    )?;
+    audit.append(
+        Kind::ExchangeOut,
+        json!({"stream": STREAM_RELAYED, "type": out.type_name, "bytes": out.payload.len()}),
+        &out.payload,
+    )?;
+    link.send(out);
+    shared.metrics.relay_delivered.inc();
+    Ok(())
 }
 
 /// The folder of one twin's files (its audit log).

@@ -12,6 +12,8 @@
 //! - [`hazard_detect`]: stalled vehicles and debris learned from the vehicle's own tracks.
 //! - [`planner`]: IDM speed and MOBIL lane choice with lookahead, the safety filter, and
 //!   the recommendation with its horizon and reason.
+//! - [`relay`]: what a twin discloses to other twins under its vehicle's consent, and
+//!   what it takes from theirs.
 //! - [`twin`]: one DR, tying the above together without I/O.
 //! - [`store`]: durable state (embedded `redb`) with group commit.
 //! - [`audit`]: the hash-chained, signed history of every exchange and disclosure.
@@ -28,6 +30,7 @@ pub mod host;
 pub mod metrics;
 pub mod model;
 pub mod planner;
+pub mod relay;
 pub mod road;
 pub mod sequences;
 pub mod store;

@@ -14,6 +14,10 @@
 //! | `twinlink_dr_store_commit_seconds` | histogram | | duration of a commit (fsync included) |
 //! | `twinlink_dr_store_batch_messages` | histogram | | messages per commit |
 //! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles received |
+//! | `twinlink_dr_disclosures_total` | counter | `result` | hazards offered for disclosure: `disclosed` or the consent's reason for not (`no_rule`, `grant_expired`, `revoked`, `audience_unknown`, ...) |
+//! | `twinlink_dr_relay_received_total` | counter | `result` | other twins' disclosures received: `verified` or why refused (`bad_signature`, `unsigned`, `replayed`, `unknown_authority`, `name_mismatch`, ...) |
+//! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |
+//! | `twinlink_dr_relay_delivered_total` | counter | | relayed observations sent to a vehicle |
 
 use std::sync::Arc;
 
@@ -54,6 +58,14 @@ pub struct HostMetrics {
     pub batch_messages: Histogram,
     /// Regional tiles by result.
     pub regional: Family<Labels, Counter>,
+    /// Hazards offered for disclosure, by result.
+    pub disclosures: Family<Labels, Counter>,
+    /// Other twins' disclosures received, by result.
+    pub relay_received: Family<Labels, Counter>,
+    /// Verified disclosures not taken by a twin, by reason.
+    pub relay_ignored: Family<Labels, Counter>,
+    /// Relayed observations sent to vehicles.
+    pub relay_delivered: Counter,
 }
 
 impl HostMetrics {
@@ -74,6 +86,10 @@ impl HostMetrics {
             commit_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 14)),
             batch_messages: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             regional: Family::default(),
+            disclosures: Family::default(),
+            relay_received: Family::default(),
+            relay_ignored: Family::default(),
+            relay_delivered: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +148,26 @@ impl HostMetrics {
             "Regional tiles received, by result",
             m.regional.clone(),
         );
+        registry.register(
+            "disclosures",
+            "Hazards offered for disclosure: disclosed, or the consent's reason for not",
+            m.disclosures.clone(),
+        );
+        registry.register(
+            "relay_received",
+            "Other twins' disclosures received: verified, or why refused",
+            m.relay_received.clone(),
+        );
+        registry.register(
+            "relay_ignored",
+            "Verified disclosures a twin did not take, by reason",
+            m.relay_ignored.clone(),
+        );
+        registry.register(
+            "relay_delivered",
+            "Relayed observations sent to vehicles",
+            m.relay_delivered.clone(),
+        );
         Arc::new(HostMetrics { registry, ..m })
     }
 
@@ -146,6 +182,13 @@ impl HostMetrics {
     pub fn applied(&self, type_name: &str) {
         self.messages
             .get_or_create(&vec![("type", type_name.to_string())])
+            .inc();
+    }
+
+    /// Counts `value` in the one-label `family` (label `label`).
+    pub fn count(family: &Family<Labels, Counter>, label: &'static str, value: &str) {
+        family
+            .get_or_create(&vec![(label, value.to_string())])
             .inc();
     }
 

@@ -21,12 +21,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use twinlink_msgs::twin_msgs::msg::{
-    Incident, PerceptionSummary, Recommendation, RegionalTraffic, VehicleState,
+    Incident, PerceptionSummary, Recommendation, RegionalTraffic, SharingPolicy, VehicleState,
 };
+use twinlink_share::{PolicyError, PseudonymIssuer, RotationConfig, TileGrid, Verified};
 
 use crate::ego::{stamp_seconds, EgoEstimate, EgoEstimator, StateError};
 use crate::hazard_detect::{EgoView, HazardChanges, HazardDetector, TrackView};
 use crate::planner::{Plan, PlanContext, Planner};
+use crate::relay::{Ignored, Outcome, TwinSharing};
 use crate::road::Road;
 use crate::tracker::{measurement, noise_of, Tracker, TrackerConfig};
 use crate::world::{RegionalUpdate, Source, WorldError, WorldModel};
@@ -177,6 +179,8 @@ pub struct Twin {
     hazards_checked: f64,
     /// What the detector found since [`Twin::take_hazard_changes`] last took it.
     hazard_changes: HazardChanges,
+    /// The vehicle's consent, the twin's pseudonyms and the hazards it shares.
+    sharing: TwinSharing,
 }
 
 /// Most hazard changes kept for [`Twin::take_hazard_changes`] per kind.
@@ -204,6 +208,8 @@ impl Twin {
             hazards: HazardDetector::default(),
             hazards_checked: f64::NEG_INFINITY,
             hazard_changes: HazardChanges::default(),
+            sharing: TwinSharing::new(RotationConfig::default(), TileGrid::default())
+                .expect("the default rotation is valid"),
         }
     }
 
@@ -421,6 +427,92 @@ impl Twin {
         pending.updated.extend(changes.updated);
         pending.resolved.extend(changes.resolved);
         pending.expired.extend(changes.expired);
+        self.bound_hazard_changes();
+    }
+
+    /// The hazards learned from the vehicle's own sensors since the last call: raised,
+    /// changed, resolved and expired (for sharing with other twins).
+    pub fn take_hazard_changes(&mut self) -> HazardChanges {
+        std::mem::take(&mut self.hazard_changes)
+    }
+
+    /// Applies an incident the vehicle reports itself (its own breakdown, a hazard its
+    /// driver assistance recognised): into the world model as the twin's own, and queued
+    /// for sharing like the detector's. One whose `expires` is past withdraws the incident
+    /// of that id.
+    pub fn on_vehicle_incident(&mut self, incident: &Incident, now: f64) -> Result<(), TwinError> {
+        let withdrawn = {
+            let e = crate::ego::stamp_seconds(&incident.expires);
+            e > 0.0 && e <= now
+        };
+        let r = if withdrawn {
+            self.world
+                .remove_incident(&incident.incident_id, Source::OwnSensors);
+            self.hazard_changes
+                .resolved
+                .push(incident.incident_id.clone());
+            Ok(())
+        } else {
+            self.world
+                .add_incident(incident, now, Source::OwnSensors)
+                .map(|()| self.hazard_changes.new.push(incident.clone()))
+                .map_err(TwinError::from)
+        };
+        self.bound_hazard_changes();
+        self.count(r)
+    }
+
+    /// Replaces the vehicle's sharing policy (validated); returns its version.
+    pub fn on_policy(&mut self, policy: SharingPolicy, now_us: u64) -> Result<u64, PolicyError> {
+        self.sharing.set_policy(policy, now_us)
+    }
+
+    /// The twin's sharing state (the vehicle's consent, counters).
+    pub fn sharing(&self) -> &TwinSharing {
+        &self.sharing
+    }
+
+    /// What to disclose now, at `now_us`: the hazard changes since the last call and, when
+    /// due, the active hazards again; each disclosed or denied by the vehicle's consent
+    /// (see [`crate::relay`]).
+    pub fn share(&mut self, issuer: &PseudonymIssuer, now_us: u64) -> Vec<Outcome> {
+        let changes = self.take_hazard_changes();
+        let mut out = if changes.is_empty() {
+            Vec::new()
+        } else {
+            self.sharing.on_changes(changes, issuer, now_us)
+        };
+        out.extend(self.sharing.announce_due(issuer, now_us));
+        out
+    }
+
+    /// Takes another twin's verified disclosure, if the vehicle lets its twin fetch from
+    /// others: its hazards that lie on this vehicle's route go into the world model as
+    /// relayed (a withdrawal removes the hazard). Returns the observation with only those
+    /// hazards, to pass on to the vehicle (`Ok` with no hazards: nothing on the route).
+    pub fn on_relayed(
+        &mut self,
+        verified: &Verified,
+        now: f64,
+    ) -> Result<twinlink_msgs::twin_msgs::msg::SharedObservation, Ignored> {
+        let hazards = self.sharing.accept(verified)?;
+        let mut kept = Vec::new();
+        for incident in hazards {
+            if self
+                .world
+                .add_incident(incident, now, Source::Relayed)
+                .is_ok()
+            {
+                kept.push(incident.clone());
+            }
+        }
+        let mut observation = verified.observation.clone();
+        observation.hazards = kept;
+        Ok(observation)
+    }
+
+    fn bound_hazard_changes(&mut self) {
+        let pending = &mut self.hazard_changes;
         // Nobody taking them (no sharing configured) must not make them grow.
         for list in [&mut pending.new, &mut pending.updated] {
             if list.len() > MAX_PENDING_HAZARD_CHANGES {
@@ -432,12 +524,6 @@ impl Twin {
                 list.drain(..list.len() - MAX_PENDING_HAZARD_CHANGES);
             }
         }
-    }
-
-    /// The hazards learned from the vehicle's own sensors since the last call: raised,
-    /// changed, resolved and expired (for sharing with other twins).
-    pub fn take_hazard_changes(&mut self) -> HazardChanges {
-        std::mem::take(&mut self.hazard_changes)
     }
 
     /// The hazard detector (its active hazards and counters).

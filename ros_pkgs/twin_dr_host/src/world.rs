@@ -452,6 +452,8 @@ impl WorldModel {
             e => e,
         };
         if expires <= now {
+            // Expired on arrival: a withdrawal of what this source said before.
+            self.remove_incident(&inc.incident_id, source);
             return Ok(());
         }
         self.hazards.retain(|h| h.id != inc.incident_id);

@@ -11,6 +11,7 @@ use twin_dr_host::audit::AuditConfig;
 use twin_dr_host::host::{self, HostConfig};
 use twin_dr_host::model::SpeedModel;
 use twin_dr_host::planner::Planner;
+use twin_dr_host::relay::ShareConfig;
 use twin_dr_host::road::{Road, RoadSpec};
 use twin_dr_host::tracker::TrackerConfig;
 use twin_dr_host::twin::TwinSettings;
@@ -57,6 +58,17 @@ struct Args {
     /// regional data; checked at load. Without it the planner is the IDM/MOBIL baseline.
     #[arg(long)]
     speed_model: Option<PathBuf>,
+    /// Inter-twin sharing: this host's pseudonym issuer file (from `twinctl fleet
+    /// certify-host <host> --authority F --out DIR`). With it the twins disclose what their
+    /// vehicles permit and take other twins' disclosures along the route; needs
+    /// `--trust-anchor` of the host's own fleet.
+    #[arg(long, requires = "trust_anchor")]
+    issuer_key: Option<PathBuf>,
+    /// A fleet authority whose twins' disclosures are believed (`<fleet>.authority.pub`
+    /// from `twinctl fleet init`); repeat for several fleets. The host's own fleet must be
+    /// one of them.
+    #[arg(long, requires = "issuer_key")]
+    trust_anchor: Vec<PathBuf>,
     /// Resilience testing only: a message on this stream makes its twin's task panic.
     #[arg(long, hide = true)]
     chaos_panic_on_stream: Option<String>,
@@ -149,6 +161,13 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         },
         admin,
         chaos_panic_stream: args.chaos_panic_on_stream.clone(),
+        share: match &args.issuer_key {
+            None => None,
+            Some(issuer) => Some(
+                ShareConfig::load(issuer, &args.trust_anchor)
+                    .map_err(|e| anyhow::anyhow!("--issuer-key/--trust-anchor: {e}"))?,
+            ),
+        },
     })
 }
 
