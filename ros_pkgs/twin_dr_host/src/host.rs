@@ -1024,7 +1024,7 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
                     json!({"direction": "out", "name": d.name.to_string(), "audience": "any_twin",
                            "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id,
                            "hazard": d.hazard_id, "disclosed_as": d.disclosed_id,
-                           "withdrawal": d.withdrawal, "precision_m": d.precision_m, "at_us": now}),
+                           "withdrawal": d.withdrawal, "precision_m": d.precision_m.to_string(), "at_us": now}),
                     &d.bytes,
                 )?;
                 HostMetrics::count(&shared.metrics.disclosures, "result", "disclosed");

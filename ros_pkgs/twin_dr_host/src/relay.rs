@@ -300,6 +300,10 @@ impl TwinSharing {
         now_us: u64,
     ) -> Vec<Outcome> {
         let mut out = Vec::new();
+        if self.active.is_empty() {
+            // Announcements repeat what is shared: their clock starts with the first hazard.
+            self.last_announce_us = now_us;
+        }
         for incident in changes.new.into_iter().chain(changes.updated) {
             let id = incident.incident_id.clone();
             if self.active.insert(id.clone(), incident).is_none() {
@@ -513,7 +517,7 @@ mod tests {
         assert_eq!(s.stats().disclosed, 0);
         assert_eq!(s.stats().denied["no_rule"], 1);
         // Announcing it again is the same denial: counted, marked repeated.
-        let again = s.announce_due(&issuer, T0 + 1);
+        let again = s.announce_due(&issuer, T0 + ANNOUNCE_PERIOD_US);
         assert!(matches!(again[0], Outcome::Denied { repeated: true, .. }));
         assert_eq!(s.stats().denied["no_rule"], 2);
     }
@@ -566,9 +570,12 @@ mod tests {
         s.on_changes(new_hazard("h1", 100.0), &issuer, T0);
         s.on_changes(new_hazard("h2", 900.0), &issuer, T0);
         assert_eq!(s.active(), 2);
-        // The first announcement is due at once, the next only after the period.
-        assert_eq!(s.announce_due(&issuer, T0 + 1).len(), 2);
-        assert!(s.announce_due(&issuer, T0 + 2).is_empty());
+        // Announcements are due a period after the first hazard, and a period apart.
+        assert!(s.announce_due(&issuer, T0 + 1).is_empty());
+        assert_eq!(s.announce_due(&issuer, T0 + ANNOUNCE_PERIOD_US).len(), 2);
+        assert!(s
+            .announce_due(&issuer, T0 + ANNOUNCE_PERIOD_US + 1)
+            .is_empty());
         let out = s.on_changes(
             HazardChanges {
                 resolved: vec!["h1".into()],
@@ -585,8 +592,8 @@ mod tests {
             Verifier::new("fleet-a", authority.public_key(), VerifierConfig::default()).unwrap();
         let v = verifier.verify(&d.bytes, T0 + 3_000_100).unwrap();
         let expires = twinlink_share::time::time_us(&v.observation.hazards[0].expires).unwrap();
-        assert!(expires >= T0 + 3_000_000 && expires <= T0 + 4_000_000);
-        let again = s.announce_due(&issuer, T0 + 2_000_001 + 3_000_000);
+        assert!((T0 + 3_000_000..=T0 + 4_000_000).contains(&expires));
+        let again = s.announce_due(&issuer, T0 + 2 * ANNOUNCE_PERIOD_US + 3_000_000);
         assert_eq!(again.len(), 1, "only h2 is still announced");
         // Resolving an unknown hazard discloses nothing.
         let none = s.on_changes(

@@ -1,0 +1,419 @@
+//! Inter-twin relay through a real DR host on loopback: four vehicles' links, a fleet
+//! authority and the host's certified issuer, an eavesdropping Zenoh session on the share
+//! key space, and forged disclosures published beside the real ones.
+//!
+//! - veh-1 lets its twin fetch from other twins and drives behind the others;
+//! - veh-2 lets hazards go to any twin and reports a stalled vehicle ahead;
+//! - veh-3 set no policy (default deny) and reports one too;
+//! - veh-4's grant expires a few seconds after it reports its hazard.
+
+#![allow(clippy::field_reassign_with_default)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{pe_config, recv_until, state, wait_for, HostRun};
+use serde_json::Value;
+use twinlink_link::link::now_us;
+use twinlink_link::minimal::{from_link, ros_time, to_link};
+use twinlink_link::{keys, Link, LinkEvent, Priority};
+use twinlink_msgs::geometry_msgs::msg::Point;
+use twinlink_msgs::twin_msgs::msg::{Incident, SharedObservation, SharingPolicy, SharingRule};
+use twinlink_share::keyfile::{self, TrustAnchor};
+use twinlink_share::{
+    seal, Disclosure, FleetAuthority, KeyPair, PseudonymIssuer, Verifier, VerifierConfig,
+};
+
+const DAY_US: u64 = 86_400_000_000;
+
+/// Writes the fleet's trust anchor and a host issuer certified by it; returns the authority
+/// (to forge with) and the host's arguments.
+fn fleet_files(run: &HostRun) -> (FleetAuthority, Vec<String>) {
+    let authority = FleetAuthority::new("fleet-a", KeyPair::generate()).unwrap();
+    let key = KeyPair::generate();
+    let now = now_us();
+    let cert = authority
+        .certify(key.public_key(), now - 60_000_000, now + DAY_US)
+        .unwrap();
+    let issuer = run.dir.join("host.issuer.key");
+    keyfile::save_issuer(&issuer, &key, &cert, false).unwrap();
+    let anchor = run.dir.join("fleet-a.authority.pub");
+    keyfile::save_anchor(
+        &anchor,
+        &TrustAnchor {
+            fleet_id: "fleet-a".into(),
+            public_key: authority.public_key(),
+        },
+        false,
+    )
+    .unwrap();
+    let args = vec![
+        "--issuer-key".to_string(),
+        issuer.display().to_string(),
+        "--trust-anchor".to_string(),
+        anchor.display().to_string(),
+    ];
+    (authority, args)
+}
+
+fn policy(audience: Option<u8>, fetch: bool, expires_us: u64) -> SharingPolicy {
+    let mut p = SharingPolicy::default();
+    if let Some(audience) = audience {
+        let mut rule = SharingRule::default();
+        rule.category = SharedObservation::CATEGORY_HAZARDS;
+        rule.audience = audience;
+        rule.spatial_precision = 10.0;
+        rule.max_age = 30.0;
+        if expires_us > 0 {
+            rule.expires = ros_time(expires_us);
+        }
+        p.rules.push(rule);
+    }
+    p.allow_autonomous_fetch = fetch;
+    p
+}
+
+fn stalled(id: &str, x: f64) -> Incident {
+    let mut i = Incident::default();
+    i.incident_id = id.into();
+    i.incident_kind = Incident::INCIDENT_STALLED_VEHICLE;
+    i.position = Point { x, y: 0.0, z: 0.0 };
+    i.lane_index = 0;
+    i.extent = 5.0;
+    i.confidence = 0.9;
+    i.detected = ros_time(now_us());
+    i
+}
+
+/// A vehicle connected to its twin, with its policy and state sent.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    run: &HostRun,
+    vehicle: &str,
+    x: f64,
+    policy: Option<SharingPolicy>,
+) -> Link {
+    let keys = run.provision(vehicle);
+    let mut pe = rt.block_on(Link::open(pe_config(run, keys))).unwrap();
+    rt.block_on(pe.wait_peer_up(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("{vehicle}'s twin answered: {e}"));
+    if let Some(p) = policy {
+        pe.send(to_link("policy", Priority::OwnState, &p, now_us()))
+            .unwrap();
+    }
+    pe.send(to_link(
+        "state",
+        Priority::OwnState,
+        &state(vehicle, now_us(), x, 0.0),
+        now_us(),
+    ))
+    .unwrap();
+    pe
+}
+
+/// Every relayed observation a vehicle receives within `within`, with its arrival time.
+fn relayed(
+    rt: &tokio::runtime::Runtime,
+    pe: &mut Link,
+    within: Duration,
+    until_one: bool,
+) -> Vec<(u64, SharedObservation)> {
+    let mut got = Vec::new();
+    recv_until(rt, pe, within, |e| {
+        if let LinkEvent::Message(d) = e {
+            if d.message.stream == "relayed" {
+                got.push((
+                    now_us(),
+                    from_link::<SharedObservation>(&d.message).unwrap(),
+                ));
+                return until_one;
+            }
+        }
+        false
+    });
+    got
+}
+
+/// The audit records of a vehicle's twin (read after the host stopped).
+fn audit_records(run: &HostRun, vehicle: &str) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(run.dir.join("data").join(vehicle).join("audit.log")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn disclosures<'a>(records: &'a [Value], direction: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "disclosure" && r["detail"]["direction"] == direction)
+        .map(|r| &r["detail"])
+        .collect()
+}
+
+fn hazard_xs(observation: &SharedObservation) -> Vec<f64> {
+    observation.hazards.iter().map(|h| h.position.x).collect()
+}
+
+#[test]
+fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
+    let mut run = HostRun::new("relay");
+    let (authority, share_args) = fleet_files(&run);
+    let args: Vec<&str> = share_args.iter().map(String::as_str).collect();
+    run.start(&args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // The eavesdropper: a plain Zenoh session on the whole share key space.
+    let heard: Arc<Mutex<Vec<(u64, String, Vec<u8>)>>> = Arc::default();
+    let config =
+        twinlink_link::link::zenoh_config("peer", &[], std::slice::from_ref(&run.endpoint))
+            .unwrap();
+    let session = rt.block_on(async { zenoh::open(config).await }).unwrap();
+    let sink = heard.clone();
+    let _eavesdropper = rt
+        .block_on(async {
+            session
+                .declare_subscriber("twinlink/v1/share/**")
+                .callback(move |s| {
+                    sink.lock().unwrap().push((
+                        now_us(),
+                        s.key_expr().to_string(),
+                        s.payload().to_bytes().into_owned(),
+                    ))
+                })
+                .await
+        })
+        .unwrap();
+
+    // veh-1 lets its twin fetch on its own; its twin takes the policy.
+    let mut pe1 = connect(&rt, &run, "veh-1", 1000.0, Some(policy(None, true, 0)));
+    wait_for("veh-1's policy", Duration::from_secs(10), || {
+        run.json("/twins/veh-1")["sharing"]["fetch_allowed"] == true
+    });
+
+    // veh-2 permits hazards to any twin and reports a stalled vehicle at x = 3000.
+    let pe2 = connect(
+        &rt,
+        &run,
+        "veh-2",
+        2900.0,
+        Some(policy(Some(SharingRule::AUDIENCE_ANY_TWIN), false, 0)),
+    );
+    wait_for("veh-2's policy", Duration::from_secs(10), || {
+        run.json("/twins/veh-2")["sharing"]["policy_version"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    pe2.send(to_link(
+        "incident",
+        Priority::Hazard,
+        &stalled("stall-a", 3000.0),
+        now_us(),
+    ))
+    .unwrap();
+    let first = relayed(&rt, &mut pe1, Duration::from_secs(5), true);
+    assert_eq!(first.len(), 1, "veh-1 got veh-2's hazard");
+    let (first_at, first_obs) = &first[0];
+    assert_eq!(hazard_xs(first_obs), vec![3000.0]);
+    assert_eq!(first_obs.position_precision, 10.0);
+    assert_ne!(
+        first_obs.hazards[0].incident_id, "stall-a",
+        "ids are not disclosed"
+    );
+
+    // veh-3 has no policy: its hazard at x = 5000 must never leave its twin.
+    let pe3 = connect(&rt, &run, "veh-3", 4900.0, None);
+    pe3.send(to_link(
+        "incident",
+        Priority::Hazard,
+        &stalled("stall-b", 5000.0),
+        now_us(),
+    ))
+    .unwrap();
+    // veh-4's grant ends 4 s from now: disclosed at first, then no more.
+    let pe4 = connect(&rt, &run, "veh-4", 6900.0, None);
+    let expiry = now_us() + 4_000_000;
+    pe4.send(to_link(
+        "policy",
+        Priority::OwnState,
+        &policy(Some(SharingRule::AUDIENCE_ANY_TWIN), false, expiry),
+        now_us(),
+    ))
+    .unwrap();
+    wait_for("veh-4's policy", Duration::from_secs(10), || {
+        run.json("/twins/veh-4")["sharing"]["policy_version"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    pe4.send(to_link(
+        "incident",
+        Priority::Hazard,
+        &stalled("stall-c", 7000.0),
+        now_us(),
+    ))
+    .unwrap();
+
+    // Forgeries beside the real traffic, from the eavesdropper's session.
+    wait_for("a disclosure to copy", Duration::from_secs(5), || {
+        !heard.lock().unwrap().is_empty()
+    });
+    let (_, key, genuine) = heard.lock().unwrap()[0].clone();
+    let put = |key: &str, bytes: Vec<u8>| {
+        rt.block_on(async { session.put(key, bytes).await })
+            .unwrap()
+    };
+    // Replayed as is.
+    put(&key, genuine.clone());
+    // Moved 500 m after signing.
+    let mut moved = Disclosure::from_bytes(&genuine).unwrap();
+    moved.observation.hazards[0].position.x += 500.0;
+    put(&key, moved.to_bytes().unwrap());
+    // The signature removed.
+    let mut unsigned = Disclosure::from_bytes(&genuine).unwrap();
+    unsigned.observation.signature.clear();
+    put(&key, unsigned.to_bytes().unwrap());
+    // Well signed by a fleet nobody trusts.
+    let rogue = FleetAuthority::new("rogue", KeyPair::generate()).unwrap();
+    let forge = |authority: &FleetAuthority, x: f64| {
+        let key = KeyPair::generate();
+        let now = now_us();
+        let cert = authority
+            .certify(key.public_key(), now - 1_000_000, now + DAY_US)
+            .unwrap();
+        let issuer = PseudonymIssuer::new(key, cert).unwrap();
+        let mut credential = issuer.issue(now - 1_000_000, now + 600_000_000).unwrap();
+        let mut obs = SharedObservation::default();
+        obs.category = SharedObservation::CATEGORY_HAZARDS;
+        obs.header.frame_id = "map".into();
+        obs.header.stamp = ros_time(now);
+        obs.region_tile = format!("{}_0", (x / 1000.0).floor() as i64);
+        obs.hazards.push(stalled("forged", x));
+        seal(obs, &mut credential).unwrap().to_bytes().unwrap()
+    };
+    let tile = |name: &str| keys::RegionTile::new(name).unwrap();
+    put(
+        keys::share("hazards", &tile("9_0")).unwrap().as_str(),
+        forge(&rogue, 9500.0),
+    );
+    // Genuine fleet, published under another tile than it names.
+    put(
+        keys::share("hazards", &tile("9_0")).unwrap().as_str(),
+        forge(&authority, 11_500.0),
+    );
+
+    // Long enough for veh-2's and veh-4's announcements, and veh-4's expiry.
+    let later = relayed(&rt, &mut pe1, Duration::from_secs(8), false);
+    for (_, obs) in &later {
+        for x in hazard_xs(obs) {
+            assert!(
+                x == 3000.0 || x == 7000.0,
+                "veh-1 got only real hazards: {x}"
+            );
+        }
+    }
+    assert!(
+        later.iter().any(|(_, o)| hazard_xs(o) == vec![7000.0]),
+        "veh-4's hazard arrived while granted"
+    );
+    let metric = |result: &str| {
+        run.metric(&format!(
+            "twinlink_dr_relay_received_total{{result=\"{result}\"}}"
+        ))
+    };
+    for result in [
+        "replayed",
+        "bad_signature",
+        "unsigned",
+        "unknown_authority",
+        "name_mismatch",
+    ] {
+        assert_eq!(metric(result), 1.0, "{result} counted once");
+    }
+    assert!(metric("verified") >= 3.0);
+    assert!(run.metric("twinlink_dr_relay_delivered_total") >= 3.0);
+    assert!(run.metric("twinlink_dr_disclosures_total{result=\"no_rule\"}") >= 1.0);
+    assert!(run.metric("twinlink_dr_disclosures_total{result=\"grant_expired\"}") >= 1.0);
+
+    for pe in [pe1, pe2, pe3, pe4] {
+        rt.block_on(pe.close());
+    }
+    rt.block_on(async { session.close().await }).unwrap();
+    run.stop();
+
+    // What the eavesdropper heard, verified as a twin would.
+    let mut verifier =
+        Verifier::new("fleet-a", authority.public_key(), VerifierConfig::default()).unwrap();
+    let heard = heard.lock().unwrap().clone();
+    let mut heard_ids = HashSet::new();
+    for (at, _, bytes) in &heard {
+        let Ok(v) = verifier.verify(bytes, *at) else {
+            continue; // the forgeries and the replay
+        };
+        let xs = hazard_xs(&v.observation);
+        assert!(!xs.contains(&5000.0), "veh-3's denied hazard never left");
+        if xs.contains(&7000.0) {
+            assert!(
+                *at < expiry + 500_000,
+                "veh-4's hazard after its grant expired"
+            );
+        }
+        heard_ids.insert((v.pseudonym.clone(), v.observation.disclosure_id));
+    }
+
+    // Both audits agree: every disclosure veh-1's twin took is one that a twin recorded
+    // disclosing, and the first arrived within 200 ms of veh-2's twin learning it.
+    let out2 = audit_records(&run, "veh-2");
+    let out4 = audit_records(&run, "veh-4");
+    let disclosed: Vec<&Value> = disclosures(&out2, "out")
+        .into_iter()
+        .chain(disclosures(&out4, "out"))
+        .filter(|d| d["decision"].is_null())
+        .collect();
+    let key_of = |d: &Value| {
+        (
+            d["pseudonym"].as_str().unwrap().to_string(),
+            d["disclosure_id"].as_u64().unwrap(),
+        )
+    };
+    let disclosed_ids: HashSet<_> = disclosed.iter().map(|d| key_of(d)).collect();
+    assert!(
+        disclosed_ids.is_subset(&heard_ids),
+        "what the twins recorded disclosing is what went on the wire"
+    );
+    let taken = audit_records(&run, "veh-1");
+    let taken = disclosures(&taken, "in");
+    assert!(taken.len() >= 3, "{taken:?}");
+    for d in &taken {
+        assert!(
+            disclosed_ids.contains(&key_of(d)),
+            "{d} was disclosed by a twin"
+        );
+    }
+    let first_out = disclosed
+        .iter()
+        .find(|d| key_of(d) == (first_obs.origin_pseudonym.clone(), first_obs.disclosure_id))
+        .expect("the first relayed hazard is in veh-2's audit");
+    let learned = first_out["at_us"].as_u64().unwrap();
+    let latency_ms = (*first_at as f64 - learned as f64) / 1000.0;
+    eprintln!("relay latency: {latency_ms:.1} ms");
+    assert!(
+        (0.0..200.0).contains(&latency_ms),
+        "veh-1 got it {latency_ms:.1} ms after veh-2's twin learned it"
+    );
+    // veh-3's twin recorded why it kept its hazard; nobody recorded taking it.
+    let denied3 = audit_records(&run, "veh-3");
+    let denied3 = disclosures(&denied3, "out");
+    assert!(!denied3.is_empty());
+    assert!(denied3
+        .iter()
+        .all(|d| d["decision"] == "denied" && d["reason"] == "no_rule"));
+    // veh-4's twin recorded the expiry.
+    assert!(disclosures(&out4, "out")
+        .iter()
+        .any(|d| d["reason"] == "grant_expired"));
+}
