@@ -1,5 +1,5 @@
-//! Runs a scenario in fast mode twice on the same seed, without twins and with them, and
-//! prints both reports as JSON lines.
+//! Runs a scenario in fast mode three times on the same seed: without twins, with twins,
+//! and with twins that relay hazards to each other; prints the reports as JSON lines.
 //!
 //! ```sh
 //! cargo run --release -p twinlink-sim --example fast_run -- sim/scenarios/hidden_hazard.yaml
@@ -17,9 +17,10 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(2);
     });
-    for twins in [false, true] {
+    for (twins, relay) in [(false, false), (true, false), (true, true)] {
         let config = FastConfig {
             twins,
+            relay,
             ..FastConfig::default()
         };
         match FastRun::new(&scenario, config).and_then(FastRun::run) {

@@ -33,14 +33,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use twin_dr_host::planner::{Planner, PlannerConfig};
+use twin_dr_host::relay::Outcome;
 use twin_dr_host::road::{Road, RoadSpec, SegmentSpec, SpeedLimit};
 use twin_dr_host::tracker::TrackerConfig;
 use twin_dr_host::twin::{Twin, TwinSettings};
 use twinlink_link::link::{FrameSealer, IngestPipeline};
 use twinlink_link::minimal::{from_link, ros_time, to_link};
 use twinlink_link::{KeyMaterial, Priority, VehicleId};
-use twinlink_msgs::twin_msgs::msg::{PerceptionSummary, VehicleState};
+use twinlink_msgs::twin_msgs::msg::{
+    PerceptionSummary, Recommendation, SharedObservation, SharingPolicy, SharingRule, VehicleState,
+};
 use twinlink_msgs::Message as _;
+use twinlink_share::{FleetAuthority, KeyPair, PseudonymIssuer, Verifier, VerifierConfig};
 
 use crate::scenario::Scenario;
 use crate::sensors::{observe, vehicle_state, SensorModel};
@@ -79,6 +83,12 @@ pub struct FastConfig {
     pub recommend_hz: f64,
     /// Shortest horizon of a recommendation [s].
     pub horizon_s: f64,
+    /// Whether twins relay hazards to each other (every vehicle permits hazards to any
+    /// twin at `relay_precision_m` and lets its twin fetch): the DR host's own disclosure,
+    /// signing, verification and consent code, delivered within the step.
+    pub relay: bool,
+    /// Spatial precision of the relayed hazards [m].
+    pub relay_precision_m: f32,
 }
 
 impl Default for FastConfig {
@@ -89,6 +99,8 @@ impl Default for FastConfig {
             state_hz: 2.0,
             recommend_hz: 2.0,
             horizon_s: 5.0,
+            relay: false,
+            relay_precision_m: 10.0,
         }
     }
 }
@@ -118,6 +130,10 @@ pub struct FastReport {
     pub hard_brakes: u64,
     /// Smallest time-to-collision [s] (null when nothing closed in).
     pub min_ttc_s: Option<f64>,
+    /// Hard brakes of connected vehicles (the ones twins advise).
+    pub hard_brakes_connected: u64,
+    /// Smallest time-to-collision of a connected vehicle [s] (null when none closed in).
+    pub min_ttc_connected_s: Option<f64>,
     /// Mean speed [m/s].
     pub mean_speed_mps: f64,
     /// Vehicles leaving the road per hour.
@@ -128,6 +144,8 @@ pub struct FastReport {
     pub states: u64,
     /// Recommendations made.
     pub recommendations: u64,
+    /// Inter-twin relay counters (zero when the relay is off).
+    pub relay: RelayCounts,
     /// Messages a twin refused.
     pub refused: u64,
     /// The same, by reason (the DR host's metric labels).
@@ -161,6 +179,70 @@ pub struct FastReport {
     pub world: WorldStats,
 }
 
+/// What the inter-twin relay did in a fast run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RelayCounts {
+    /// Disclosures the twins sealed (new, changed, withdrawn and announced hazards).
+    pub disclosed: u64,
+    /// Disclosures the consent refused.
+    pub denied: u64,
+    /// Disclosures that passed verification.
+    pub verified: u64,
+    /// Disclosures refused by verification.
+    pub rejected: u64,
+    /// Disclosures another twin took with at least one hazard on its route.
+    pub taken: u64,
+}
+
+/// The fleet's credentials and the receiving side's verifier, for the relay.
+struct Relay {
+    issuer: PseudonymIssuer,
+    verifier: Verifier,
+    policy: SharingPolicy,
+    counts: RelayCounts,
+}
+
+impl Relay {
+    fn new(precision_m: f32) -> Result<Relay, FastError> {
+        let fail = |e: &dyn std::fmt::Display| FastError::Link {
+            vehicle: "(relay)".into(),
+            message: e.to_string(),
+        };
+        let authority =
+            FleetAuthority::new("sim-fleet", KeyPair::generate()).map_err(|e| fail(&e))?;
+        let key = KeyPair::generate();
+        let epoch_us = (EPOCH_S * 1e6) as u64;
+        let day_us = 86_400_000_000;
+        let cert = authority
+            .certify(key.public_key(), epoch_us - day_us, epoch_us + 30 * day_us)
+            .map_err(|e| fail(&e))?;
+        let issuer = PseudonymIssuer::new(key, cert).map_err(|e| fail(&e))?;
+        let verifier = Verifier::new(
+            "sim-fleet",
+            authority.public_key(),
+            VerifierConfig::default(),
+        )
+        .map_err(|e| fail(&e))?;
+        let policy = SharingPolicy {
+            rules: vec![SharingRule {
+                category: SharedObservation::CATEGORY_HAZARDS,
+                audience: SharingRule::AUDIENCE_ANY_TWIN,
+                spatial_precision: precision_m,
+                max_age: 30.0,
+                ..Default::default()
+            }],
+            allow_autonomous_fetch: true,
+            version: 0,
+        };
+        Ok(Relay {
+            issuer,
+            verifier,
+            policy,
+            counts: RelayCounts::default(),
+        })
+    }
+}
+
 struct Connected {
     name: String,
     twin: Twin,
@@ -191,6 +273,8 @@ pub struct FastRun {
     offline_errors: Vec<f64>,
     /// Until when each vehicle's advice holds (simulated seconds).
     advice_until: BTreeMap<u32, f64>,
+    /// The inter-twin relay, when on.
+    relay: Option<Relay>,
 }
 
 #[derive(Default)]
@@ -263,6 +347,14 @@ fn fuse(reports: Vec<PerceptionSummary>) -> PerceptionSummary {
     fused
 }
 
+/// The lane a recommendation advises changing to because of a hazard or closure ahead
+/// (drivers take such advice; a change for speed alone is left to them).
+pub fn advised_lane(r: &Recommendation) -> Option<usize> {
+    (r.lane_change != Recommendation::LANE_KEEP)
+        .then(|| usize::try_from(r.target_lane).ok())
+        .flatten()
+}
+
 /// The 95th percentile of `values` (0 when there are none).
 fn p95(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -295,6 +387,11 @@ impl FastRun {
             errors: Vec::new(),
             offline_errors: Vec::new(),
             advice_until: BTreeMap::new(),
+            relay: if config.relay {
+                Some(Relay::new(config.relay_precision_m)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -319,8 +416,14 @@ impl FastRun {
         let (_, down) = IngestPipeline::new(pe, dr).map_err(|e| fail(e.to_string()))?;
         // Spread the vehicles' clocks over the periods.
         let phase = |rng: &mut ChaCha8Rng, hz: f64| t + rng.random_range(0.0..1.0) / hz;
+        let mut twin = Twin::new(&name, &self.settings);
+        if let Some(relay) = &self.relay {
+            let stamp_us = ((EPOCH_S + t) * 1e6) as u64;
+            twin.on_policy(relay.policy.clone(), stamp_us)
+                .map_err(|e| fail(e.to_string()))?;
+        }
         let c = Connected {
-            twin: Twin::new(&name, &self.settings),
+            twin,
             name,
             link,
             up,
@@ -370,6 +473,7 @@ impl FastRun {
             self.advice_until.remove(&id);
             if let Some(v) = self.world.vehicle_mut(id) {
                 v.advised_speed = None;
+                v.advised_lane = None;
                 self.counts.expired_advice += 1;
             }
         }
@@ -482,6 +586,7 @@ impl FastRun {
                             self.counts.binding += 1;
                         }
                         v.advised_speed = Some(r.target_speed.max(0.0));
+                        v.advised_lane = advised_lane(&r);
                         let valid_s =
                             twinlink_link::minimal::time_us(&r.valid_until) as f64 * 1e-6 - EPOCH_S;
                         self.advice_until.insert(id, valid_s.max(t));
@@ -489,7 +594,46 @@ impl FastRun {
                 }
             }
         }
+        self.relay_step(stamp_us);
         Ok(())
+    }
+
+    /// Every twin discloses what it learned; each disclosure is verified once and offered
+    /// to every other twin (as a DR host does with what it hears on the share key space).
+    fn relay_step(&mut self, now_us: u64) {
+        let Some(relay) = &mut self.relay else {
+            return;
+        };
+        let mut sealed = Vec::new();
+        for c in self.connected.values_mut() {
+            for outcome in c.twin.share(&relay.issuer, now_us) {
+                match outcome {
+                    Outcome::Disclosed(d) => {
+                        relay.counts.disclosed += 1;
+                        sealed.push(d.bytes);
+                    }
+                    Outcome::Denied { .. } => relay.counts.denied += 1,
+                }
+            }
+        }
+        let now = now_us as f64 * 1e-6;
+        for bytes in sealed {
+            let verified = match relay.verifier.verify(&bytes, now_us) {
+                Ok(v) => v,
+                Err(_) => {
+                    relay.counts.rejected += 1;
+                    continue;
+                }
+            };
+            relay.counts.verified += 1;
+            for c in self.connected.values_mut() {
+                if let Ok(o) = c.twin.on_relayed(&verified, now) {
+                    if !o.hazards.is_empty() {
+                        relay.counts.taken += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// Runs to the scenario's end and reports.
@@ -527,11 +671,17 @@ impl FastRun {
             collisions: st.collisions,
             hard_brakes: st.hard_brakes,
             min_ttc_s: st.min_ttc.is_finite().then_some(st.min_ttc),
+            hard_brakes_connected: st.hard_brakes_connected,
+            min_ttc_connected_s: st
+                .min_ttc_connected
+                .is_finite()
+                .then_some(st.min_ttc_connected),
             mean_speed_mps: st.mean_speed(),
             throughput_per_h: st.throughput_per_h(),
             summaries: c.summaries,
             states: c.states,
             recommendations: c.recommendations,
+            relay: self.relay.as_ref().map(|r| r.counts).unwrap_or_default(),
             refused: c.refused,
             refused_by_reason: c
                 .refused_by_reason

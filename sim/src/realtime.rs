@@ -369,6 +369,7 @@ impl RealtimeSim {
                 d.stats.advice_expired += 1;
                 if let Some(v) = self.world.vehicle_mut(id) {
                     v.advised_speed = None;
+                    v.advised_lane = None;
                 }
             }
             let d = &mut self.driven[k];
@@ -509,6 +510,7 @@ impl RealtimeSim {
             .ok_or(AdviceError::LeftRoad(name))?;
         let binding = r.target_speed < v.desired_speed.min(limit) - 0.5;
         v.advised_speed = Some(r.target_speed);
+        v.advised_lane = crate::fast::advised_lane(r);
         let d = &mut self.driven[k];
         d.advice_until = Some(until);
         d.stats.advice_applied += 1;

@@ -25,6 +25,13 @@ use crate::traffic::{Idm, LaneChangeCase, Mobil};
 pub const HARD_BRAKE: f64 = 4.0;
 /// Shortest time between two lane changes of one vehicle [s].
 pub const LANE_CHANGE_COOLDOWN: f64 = 3.0;
+/// How much a twin's lane advice adds to MOBIL's incentive of a change towards the advised
+/// lane [m/s²] (and takes from one away from it): above the threshold and keep-right bias,
+/// so a driver follows advice into any safe gap, never into an unsafe one.
+pub const ADVICE_LANE_BIAS: f64 = 1.0;
+/// The hardest braking a change taken on advice may ask of the new follower [m/s²]
+/// (MOBIL's own limit is 4).
+pub const ADVICE_SAFE_DECEL: f64 = 2.0;
 /// Free lane before a hazard needed for it to take its place [m] (a car at 30 m/s stops
 /// in 50 m at 9 m/s²).
 pub const HAZARD_CLEARANCE: f64 = 60.0;
@@ -56,6 +63,10 @@ pub struct Vehicle {
     pub desired_speed: f64,
     /// A speed the vehicle was advised (a twin's recommendation); it drives no faster.
     pub advised_speed: Option<f64>,
+    /// A lane the vehicle was advised to change to (a twin's recommendation): its driver
+    /// weighs changes towards it [`ADVICE_LANE_BIAS`] higher and changes away from it as
+    /// much lower, within MOBIL's safety criterion.
+    pub advised_lane: Option<usize>,
     /// Its driver.
     pub idm: Idm,
     /// Time left before it may change lanes again [s].
@@ -92,6 +103,10 @@ pub struct WorldStats {
     pub hard_brakes: u64,
     /// Smallest time-to-collision seen [s] (`f64::INFINITY` when nothing ever closed in).
     pub min_ttc: f64,
+    /// Hard brakes of connected vehicles (those a twin advises).
+    pub hard_brakes_connected: u64,
+    /// Smallest time-to-collision of a connected vehicle closing in [s].
+    pub min_ttc_connected: f64,
     /// Vehicles that left at the end of the road.
     pub exited: u64,
     /// Vehicles that entered at the start.
@@ -230,6 +245,7 @@ impl World {
             inflow_credit: 0.0,
             stats: WorldStats {
                 min_ttc: f64::INFINITY,
+                min_ttc_connected: f64::INFINITY,
                 ..Default::default()
             },
             contacts: Vec::new(),
@@ -293,6 +309,7 @@ impl World {
             connected,
             desired_speed: (limit * t.desired_speed_factor * spread).min(cap),
             advised_speed: None,
+            advised_lane: None,
             idm,
             cooldown: self.rng.random_range(0.0..LANE_CHANGE_COOLDOWN),
             braking_hard: false,
@@ -553,7 +570,19 @@ impl World {
                     old_follower: of,
                     to_left: target > v.lane,
                 };
-                if let Some(gain) = self.mobil.incentive(&case) {
+                if let Some(mut gain) = self.mobil.incentive(&case) {
+                    if let Some(advised) = v.advised_lane.filter(|&a| a != v.lane) {
+                        if (target > v.lane) == (advised > v.lane) {
+                            // Taking advice, a driver waits for a gap that nobody has to
+                            // brake hard for.
+                            if case.new_follower.1 < -ADVICE_SAFE_DECEL {
+                                continue;
+                            }
+                            gain += ADVICE_LANE_BIAS;
+                        } else {
+                            gain -= ADVICE_LANE_BIAS;
+                        }
+                    }
                     if gain > 0.0 && best.is_none_or(|(g, _, _)| gain > g) {
                         best = Some((gain, target, own_after));
                     }
@@ -631,6 +660,7 @@ impl World {
             let hard = a < -HARD_BRAKE;
             if hard && !v.braking_hard {
                 self.stats.hard_brakes += 1;
+                self.stats.hard_brakes_connected += v.connected as u64;
             }
             v.braking_hard = hard;
             moved_distance += ds;
@@ -648,6 +678,7 @@ impl World {
     fn check_contacts(&mut self, obstacles: &[Obstacle]) {
         let lanes = self.lanes(obstacles);
         let mut contacts = Vec::new();
+        let mut connected_behind = Vec::new();
         // A vehicle in contact with what is ahead moves no faster than it (an inelastic
         // crash: the pair stays in contact, and counts once).
         let mut crashed: Vec<(usize, f64)> = Vec::new();
@@ -660,12 +691,19 @@ impl World {
                 for a in &l[k + 1..] {
                     let gap = a.s_back - v.s;
                     if gap < 0.0 {
+                        if v.connected {
+                            connected_behind.push((v.id, a.who));
+                        }
                         contacts.push((v.id, a.who));
                         crashed.push((i, a.v));
                         continue;
                     }
                     if v.v > a.v {
-                        self.stats.min_ttc = self.stats.min_ttc.min(gap / (v.v - a.v));
+                        let ttc = gap / (v.v - a.v);
+                        self.stats.min_ttc = self.stats.min_ttc.min(ttc);
+                        if v.connected {
+                            self.stats.min_ttc_connected = self.stats.min_ttc_connected.min(ttc);
+                        }
                     }
                     break;
                 }
@@ -676,6 +714,9 @@ impl World {
                 self.stats.collisions += 1;
                 // At contact the time to collision is zero.
                 self.stats.min_ttc = 0.0;
+                if connected_behind.contains(c) {
+                    self.stats.min_ttc_connected = 0.0;
+                }
             }
         }
         for (i, v_ahead) in crashed {

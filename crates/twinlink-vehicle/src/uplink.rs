@@ -9,12 +9,18 @@ use twinlink_link::link::LinkStats;
 use twinlink_link::minimal::{ros_time, STREAM_STATE};
 use twinlink_link::Priority;
 use twinlink_msgs::nav_msgs::msg::Odometry;
-use twinlink_msgs::twin_msgs::msg::{PerceptionSummary, SharingPolicy, TwinStatus, VehicleState};
+use twinlink_msgs::twin_msgs::msg::{
+    Incident, PerceptionSummary, SharingPolicy, TwinStatus, VehicleState,
+};
 
 use crate::params::{ParamSpec, Params};
 
 /// Stream of sharing policy updates (PE -> DR).
 pub const STREAM_POLICY: &str = "policy";
+
+/// Stream of incidents the vehicle reports itself (its own breakdown, a hazard its driver
+/// assistance recognised); its twin shares them as its vehicle's policy permits.
+pub const STREAM_INCIDENT: &str = "incident";
 
 /// The twin link node's parameters, with defaults and ranges.
 pub fn parameters() -> Vec<ParamSpec> {
@@ -339,6 +345,14 @@ pub enum InputError {
         /// Limit [s].
         max_s: f64,
     },
+    /// An incident report that its twin could not place or share.
+    #[error("incident {id:?}: {problem}")]
+    Incident {
+        /// Its id as given.
+        id: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
 }
 
 impl InputError {
@@ -352,6 +366,7 @@ impl InputError {
             InputError::Probability { .. } => "bad_probability",
             InputError::SensorId(_) => "bad_sensor_id",
             InputError::Stale { .. } => "stale",
+            InputError::Incident { .. } => "bad_incident",
         }
     }
 }
@@ -418,6 +433,38 @@ pub fn odometry_to_state(
         length: config.vehicle_length,
         width: config.vehicle_width,
     })
+}
+
+/// Checks an incident the vehicle reports (topic `twin/incident_report`) before it goes
+/// up the link: an id of 1-64 characters, a known kind, a finite position in `map`, an
+/// extent of 0-20,000 m, a confidence in [0, 1], a lane of -1 (all) or more.
+pub fn check_incident(i: &Incident) -> Result<(), InputError> {
+    let bad = |problem| {
+        Err(InputError::Incident {
+            id: i.incident_id.clone(),
+            problem,
+        })
+    };
+    if i.incident_id.is_empty() || i.incident_id.len() > 64 {
+        return bad("incident_id must be 1-64 characters");
+    }
+    if i.incident_kind > Incident::INCIDENT_CONGESTION {
+        return bad("incident_kind is not one of INCIDENT_*");
+    }
+    let p = &i.position;
+    if !(p.x.is_finite() && p.y.is_finite() && p.z.is_finite() && i.s.is_finite()) {
+        return bad("position and s must be finite");
+    }
+    if !(i.extent.is_finite() && (0.0..=20_000.0).contains(&i.extent)) {
+        return bad("extent must be within 0-20000 m");
+    }
+    if !(i.confidence.is_finite() && (0.0..=1.0).contains(&i.confidence)) {
+        return bad("confidence must be within [0, 1]");
+    }
+    if i.lane_index < -1 {
+        return bad("lane_index must be -1 (all lanes) or a lane");
+    }
+    Ok(())
 }
 
 /// Checks a summary from one of the vehicle's summarizers before it goes up the link.
@@ -503,6 +550,8 @@ pub fn stream_for_sensor(sensor_id: &str) -> Result<String, InputError> {
 pub fn priority_of(stream: &str) -> Priority {
     if stream == STREAM_STATE || stream == STREAM_POLICY {
         Priority::OwnState
+    } else if stream == STREAM_INCIDENT {
+        Priority::Hazard
     } else {
         Priority::Objects
     }
@@ -519,6 +568,10 @@ pub struct NodeCounters {
     pub uplinked: u64,
     /// Recommendations published.
     pub recommendations: u64,
+    /// Observations relayed from other twins published.
+    pub relayed: u64,
+    /// Incidents the vehicle reported, handed to the link.
+    pub incidents: u64,
     /// Summaries not sent because nothing in them had changed (object inclusion).
     pub summaries_unchanged: u64,
     /// The object inclusion's counters.
@@ -639,6 +692,37 @@ mod tests {
             ParamValue::Str("tcp/127.0.0.1:7447, tcp/10.0.0.2:7447".into()),
         );
         UplinkConfig::from_params(&resolve(&parameters(), &given).unwrap(), "/car_7").unwrap()
+    }
+
+    #[test]
+    fn incident_reports_are_checked_field_by_field() {
+        let mut i = Incident {
+            incident_id: "own-breakdown".into(),
+            incident_kind: Incident::INCIDENT_STALLED_VEHICLE,
+            extent: 5.0,
+            confidence: 1.0,
+            ..Default::default()
+        };
+        check_incident(&i).unwrap();
+        let problem = |i: &Incident| match check_incident(i).unwrap_err() {
+            InputError::Incident { problem, .. } => problem,
+            other => panic!("{other}"),
+        };
+        i.position.x = f64::NAN;
+        assert!(problem(&i).starts_with("position"));
+        i.position.x = 0.0;
+        i.incident_kind = 99;
+        assert!(problem(&i).starts_with("incident_kind"));
+        i.incident_kind = Incident::INCIDENT_DEBRIS;
+        i.confidence = 1.5;
+        assert!(problem(&i).starts_with("confidence"));
+        i.confidence = 0.5;
+        i.lane_index = -2;
+        assert!(problem(&i).starts_with("lane_index"));
+        i.lane_index = 0;
+        i.incident_id = String::new();
+        assert_eq!(check_incident(&i).unwrap_err().kind(), "bad_incident");
+        assert_eq!(priority_of(STREAM_INCIDENT), Priority::Hazard);
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub struct MobilParams {
     pub bias_right: f64,
     /// Most deceleration imposed on the new follower, b_safe [m/s²].
     pub safe_decel: f64,
+    /// Incentive to leave a lane that a hazard blocks within `blocked_lane_horizon`, and
+    /// disincentive to enter one [m/s²]: MOBIL's bias for a mandatory change (Kesting,
+    /// Treiber & Helbing 2007, section 3, lanes that end), so the lane is left while the
+    /// vehicle is still at speed and gaps beside it are easy to take.
+    pub blocked_lane_bias: f64,
+    /// How far ahead a hazard makes its lane's change mandatory [m].
+    pub blocked_lane_horizon: f64,
 }
 
 impl Default for MobilParams {
@@ -93,6 +100,8 @@ impl Default for MobilParams {
             threshold: 0.1,
             bias_right: 0.3,
             safe_decel: 4.0,
+            blocked_lane_bias: 1.0,
+            blocked_lane_horizon: 1000.0,
         }
     }
 }
@@ -414,13 +423,15 @@ impl Planner {
             if !near {
                 continue;
             }
-            // In front of a closure of every lane: stop. Else pass slowly in the next lane.
-            let v_arrive = if all_lanes {
+            // In front of a closure of every lane, or of a hazard in this lane: be able to
+            // stop (unless the lane is left first). Else pass slowly in the next lane.
+            let blocks_lane = all_lanes || h.lane == lane;
+            let v_arrive = if blocks_lane {
                 0.0
             } else {
                 c.hazard_pass_speed.min(limit)
             };
-            let margin = if all_lanes {
+            let margin = if blocks_lane {
                 c.idm.min_gap + 10.0
             } else {
                 c.arrive_margin
@@ -595,7 +606,20 @@ impl Planner {
         } else {
             -c.mobil.bias_right
         };
-        Some(a_new - a_old + c.mobil.politeness * others - bias)
+        let blocked = |lane: i32| {
+            world.hazards().iter().any(|h| {
+                let d = h.s - h.extent / 2.0 - s;
+                h.kind != Incident::INCIDENT_CONGESTION
+                    && h.lane == lane
+                    && (0.0..c.mobil.blocked_lane_horizon).contains(&d)
+            })
+        };
+        let mandatory = match (blocked(from), blocked(to)) {
+            (true, false) => c.mobil.blocked_lane_bias,
+            (false, true) => -c.mobil.blocked_lane_bias,
+            _ => 0.0,
+        };
+        Some(a_new - a_old + c.mobil.politeness * others - bias + mandatory)
     }
 
     /// Plans speed, lane and horizon for the vehicle in `world`.

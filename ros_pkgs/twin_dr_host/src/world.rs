@@ -34,6 +34,10 @@ pub enum Source {
     Relayed,
 }
 
+/// Relayed hazards of one kind in one lane nearer than this (plus their extent) are one
+/// hazard [m]: twice a typical disclosure precision of 10 m.
+pub const RELAYED_MERGE_DISTANCE: f64 = 20.0;
+
 /// An object on the route that the planner must respect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Obstacle {
@@ -457,6 +461,25 @@ impl WorldModel {
             return Ok(());
         }
         self.hazards.retain(|h| h.id != inc.incident_id);
+        let (mut s, mut expires) = (s, expires);
+        if source == Source::Relayed {
+            // Twins disclose the same hazard under ids of their own (keyed per pseudonym):
+            // reports of one kind in this lane within a few metres are one hazard, kept
+            // under the newest id, where the nearest report puts it, as long as the
+            // longest-lived report says.
+            let near = RELAYED_MERGE_DISTANCE + (inc.extent as f64).max(1.0);
+            self.hazards.retain(|h| {
+                let same = h.source == Source::Relayed
+                    && h.lane == lane
+                    && h.kind == inc.incident_kind
+                    && (h.s - s).abs() <= near;
+                if same {
+                    s = s.min(h.s);
+                    expires = expires.max(h.expires);
+                }
+                !same
+            });
+        }
         self.hazards.push(Hazard {
             id: inc.incident_id.clone(),
             kind: inc.incident_kind,

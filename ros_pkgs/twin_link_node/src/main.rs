@@ -21,10 +21,14 @@ use twinlink_link::{
 };
 use twinlink_msgs::codec;
 use twinlink_msgs::nav_msgs::msg::Odometry;
-use twinlink_msgs::twin_msgs::msg::{PerceptionSummary, Recommendation, SharingPolicy, TwinStatus};
+use twinlink_msgs::twin_msgs::msg::{
+    Incident, PerceptionSummary, Recommendation, SharedObservation, SharingPolicy, TwinStatus,
+};
 use twinlink_msgs::visualization_msgs::msg::MarkerArray;
 use twinlink_vehicle::markers;
-use twinlink_vehicle::uplink::{self, NodeCounters, PolicyStore, UplinkConfig, STREAM_POLICY};
+use twinlink_vehicle::uplink::{
+    self, NodeCounters, PolicyStore, UplinkConfig, STREAM_INCIDENT, STREAM_POLICY,
+};
 
 /// What both threads see.
 #[derive(Default)]
@@ -146,6 +150,8 @@ fn main() {
             let recommendations =
                 CdrPublisher::<Recommendation>::new(node, "twin/recommendation", qos::latched(1))?;
             let status_pub = CdrPublisher::<TwinStatus>::new(node, "twin/status", qos::latched(1))?;
+            let relayed_pub =
+                CdrPublisher::<SharedObservation>::new(node, "twin/relayed", qos::reliable(10))?;
             let marker_pub = if config.publish_markers {
                 Some(CdrPublisher::<MarkerArray>::new(
                     node,
@@ -206,6 +212,19 @@ fn main() {
                         match event {
                             LinkEvent::Message(delivered) => {
                                 let message = &delivered.message;
+                                if message.type_name == <SharedObservation as twinlink_msgs::Message>::TYPE_NAME {
+                                    // Another twin's observation, relayed by this vehicle's twin.
+                                    match from_link::<SharedObservation>(message) {
+                                        Ok(observation) => {
+                                            if let Err(e) = relayed_pub.publish(&observation) {
+                                                warn!(error = %e, "publishing a relayed observation");
+                                            }
+                                            link_shared.lock().expect("state lock").counters.relayed += 1;
+                                        }
+                                        Err(e) => link_shared.lock().expect("state lock").refuse("bad_relayed", &e),
+                                    }
+                                    continue;
+                                }
                                 if message.type_name != <Recommendation as twinlink_msgs::Message>::TYPE_NAME {
                                     link_shared.lock().expect("state lock").refuse("unexpected_type", &format!("stream {:?} carries {}", message.stream, message.type_name));
                                     continue;
@@ -374,6 +393,33 @@ fn main() {
                     }
                 })?;
             }
+
+            // ROS side: incidents the vehicle reports itself.
+            let mut incidents =
+                subscribe_cdr::<Incident>(node, "twin/incident_report", qos::reliable(10))?;
+            let (inc_shared, inc_link) = (shared.clone(), to_link.clone());
+            spawner.spawn_local(async move {
+                while let Some(received) = incidents.next().await {
+                    let mut s = inc_shared.lock().expect("state lock");
+                    let Some(incident) = s.refusals.accept(received.message) else {
+                        continue;
+                    };
+                    if let Err(e) = uplink::check_incident(&incident) {
+                        s.refuse(e.kind(), &e);
+                        continue;
+                    }
+                    s.counters.incidents += 1;
+                    s.counters.uplinked += 1;
+                    drop(s);
+                    let message = twinlink_link::minimal::to_link(
+                        STREAM_INCIDENT,
+                        uplink::priority_of(STREAM_INCIDENT),
+                        &incident,
+                        received.arrived_us,
+                    );
+                    let _ = inc_link.send(message);
+                }
+            })?;
 
             // Services.
             let mut get_status = node
