@@ -20,8 +20,25 @@ fn twins_advise_the_simulated_vehicles_and_change_what_they_do() {
     let mut options = SimDemoOptions::new(&out);
     options.vehicles = 2;
     options.duration_s = Some(20.0);
+    // One seed of the relay comparison (the demo runs four; tests/relay_comparison.rs in
+    // the sim package checks the gain).
+    options.relay_seeds = vec![1];
     let demo = run_sim_demo(&options).unwrap();
     let r = &demo.report;
+    let relay = r
+        .relay
+        .as_ref()
+        .expect("the report has the relay comparison");
+    assert_eq!(relay.seeds, [1]);
+    assert!(
+        relay.on.relay.verified > 0 && relay.off.relay.verified == 0,
+        "{relay:?}"
+    );
+    assert!(
+        demo.table.contains("inter-twin relay: hidden_hazard"),
+        "{}",
+        demo.table
+    );
 
     // The vehicles' nodes summarized the simulator's point clouds and the twins advised.
     assert_eq!(r.twinned_vehicles, ["car_1", "car_2"]);

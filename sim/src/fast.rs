@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use twin_dr_host::planner::{Planner, PlannerConfig};
 use twin_dr_host::relay::Outcome;
 use twin_dr_host::road::{Road, RoadSpec, SegmentSpec, SpeedLimit};
@@ -180,7 +180,7 @@ pub struct FastReport {
 }
 
 /// What the inter-twin relay did in a fast run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RelayCounts {
     /// Disclosures the twins sealed (new, changed, withdrawn and announced hazards).
     pub disclosed: u64,
@@ -706,6 +706,105 @@ impl FastRun {
             world: st,
         }
     }
+}
+
+/// One side of a relay comparison: a scenario's runs with twins, over several seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelaySide {
+    /// Collisions, all runs.
+    pub collisions: u64,
+    /// Hard brakes, all vehicles, all runs.
+    pub hard_brakes: u64,
+    /// Hard brakes of connected vehicles (the ones twins advise), all runs.
+    pub hard_brakes_connected: u64,
+    /// Smallest time-to-collision of any vehicle over all runs [s].
+    pub min_ttc_s: Option<f64>,
+    /// Smallest time-to-collision of a connected vehicle over all runs [s].
+    pub min_ttc_connected_s: Option<f64>,
+    /// Median over the runs of each run's smallest connected time-to-collision [s].
+    pub median_min_ttc_connected_s: Option<f64>,
+    /// Mean speed over the runs [m/s].
+    pub mean_speed_mps: f64,
+    /// The relay's counters, all runs (zero with the relay off).
+    pub relay: RelayCounts,
+}
+
+/// Twins with and without the inter-twin relay on the same scenario and seeds (fast mode):
+/// the figures the demo report shows for `hidden_hazard`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayComparison {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seeds run (each with the relay off and on).
+    pub seeds: Vec<u64>,
+    /// Twins, relay off.
+    pub off: RelaySide,
+    /// Twins, relay on.
+    pub on: RelaySide,
+}
+
+fn side(reports: &[FastReport]) -> RelaySide {
+    let min = |f: &dyn Fn(&FastReport) -> Option<f64>| {
+        reports.iter().filter_map(f).min_by(f64::total_cmp)
+    };
+    let mut per_run: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.min_ttc_connected_s)
+        .collect();
+    per_run.sort_by(f64::total_cmp);
+    let mut relay = RelayCounts::default();
+    for r in reports {
+        relay.disclosed += r.relay.disclosed;
+        relay.denied += r.relay.denied;
+        relay.verified += r.relay.verified;
+        relay.rejected += r.relay.rejected;
+        relay.taken += r.relay.taken;
+    }
+    RelaySide {
+        collisions: reports.iter().map(|r| r.collisions).sum(),
+        hard_brakes: reports.iter().map(|r| r.hard_brakes).sum(),
+        hard_brakes_connected: reports.iter().map(|r| r.hard_brakes_connected).sum(),
+        min_ttc_s: min(&|r| r.min_ttc_s),
+        min_ttc_connected_s: min(&|r| r.min_ttc_connected_s),
+        median_min_ttc_connected_s: (!per_run.is_empty()).then(|| per_run[per_run.len() / 2]),
+        mean_speed_mps: reports.iter().map(|r| r.mean_speed_mps).sum::<f64>()
+            / reports.len().max(1) as f64,
+        relay,
+    }
+}
+
+/// Runs `scenario` with twins, relay off and on, for each of `seeds` (in parallel, one
+/// thread a run) and sums up both sides.
+pub fn relay_comparison(scenario: &Scenario, seeds: &[u64]) -> Result<RelayComparison, FastError> {
+    let runs: Vec<Result<FastReport, FastError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [false, true]
+            .into_iter()
+            .flat_map(|relay| seeds.iter().map(move |&seed| (relay, seed)))
+            .map(|(relay, seed)| {
+                let mut scenario = scenario.clone();
+                scenario.seed = seed;
+                scope.spawn(move || {
+                    let config = FastConfig {
+                        relay,
+                        ..FastConfig::default()
+                    };
+                    FastRun::new(&scenario, config).and_then(FastRun::run)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fast run does not panic"))
+            .collect()
+    });
+    let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (off, on) = runs.split_at(seeds.len());
+    Ok(RelayComparison {
+        scenario: scenario.name.clone(),
+        seeds: seeds.to_vec(),
+        off: side(off),
+        on: side(on),
+    })
 }
 
 #[cfg(test)]

@@ -123,6 +123,10 @@ pub struct DemoReport {
     pub wall_s: f64,
     /// Steps of the world that ran late (the machine could not keep up).
     pub late_steps: u64,
+    /// The inter-twin relay off and on in a hidden-hazard scenario (fast mode, several
+    /// seeds); absent when the demo was run without it.
+    #[serde(default)]
+    pub relay: Option<crate::fast::RelayComparison>,
 }
 
 /// Reads a trace (JSON Lines); a line that is not a record is an error naming it.
@@ -268,6 +272,7 @@ pub fn build(
         estimate_error_m: Spread::of(&errors),
         wall_s: sim.wall_s,
         late_steps: sim.late_steps,
+        relay: None,
     }
 }
 
@@ -381,6 +386,71 @@ pub fn table(r: &DemoReport) -> String {
     for (group, name, base, twin) in rows {
         out.push_str(&format!("{group:<11} {name:<31} {base:>12} {twin:>14}\n"));
     }
+    if let Some(c) = &r.relay {
+        out.push_str(&relay_table(c));
+    }
+    out
+}
+
+/// The relay comparison as a table (relay off and on).
+pub fn relay_table(c: &crate::fast::RelayComparison) -> String {
+    let (off, on) = (&c.off, &c.on);
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "hard brakes, twinned vehicles",
+            off.hard_brakes_connected.to_string(),
+            on.hard_brakes_connected.to_string(),
+        ),
+        (
+            "min TTC, twinned vehicles [s]",
+            opt(off.min_ttc_connected_s, 2),
+            opt(on.min_ttc_connected_s, 2),
+        ),
+        (
+            "  median over seeds [s]",
+            opt(off.median_min_ttc_connected_s, 2),
+            opt(on.median_min_ttc_connected_s, 2),
+        ),
+        (
+            "hard brakes, all vehicles",
+            off.hard_brakes.to_string(),
+            on.hard_brakes.to_string(),
+        ),
+        (
+            "min TTC, all vehicles [s]",
+            opt(off.min_ttc_s, 2),
+            opt(on.min_ttc_s, 2),
+        ),
+        (
+            "collisions",
+            off.collisions.to_string(),
+            on.collisions.to_string(),
+        ),
+        (
+            "mean speed [km/h]",
+            format!("{:.1}", off.mean_speed_mps * 3.6),
+            format!("{:.1}", on.mean_speed_mps * 3.6),
+        ),
+        (
+            "disclosures verified / taken",
+            "-".into(),
+            format!("{} / {}", on.relay.verified, on.relay.taken),
+        ),
+    ];
+    let seeds: Vec<String> = c.seeds.iter().map(|s| s.to_string()).collect();
+    let mut out = format!(
+        "\ninter-twin relay: {} (fast mode, seeds {}, twins on every connected vehicle)\n",
+        c.scenario,
+        seeds.join(", ")
+    );
+    out.push_str(&format!(
+        "{:<11} {:<31} {:>12} {:>14}\n",
+        "", "measure", "relay off", "relay on"
+    ));
+    out.push_str(&format!("{}\n", "-".repeat(71)));
+    for (name, off, on) in rows {
+        out.push_str(&format!("{:<11} {name:<31} {off:>12} {on:>14}\n", "relay"));
+    }
     out
 }
 
@@ -470,6 +540,7 @@ mod tests {
             epoch_us: 0,
             wall_s: 0.5,
             late_steps: 0,
+            relay: None,
             max_lag_s: 0.0,
             measures: TrafficMeasures::default(),
             driven: vec![DrivenStats {

@@ -8,7 +8,8 @@
 //! applies their twins' advice. While it runs, the twins' estimates are read from the host's
 //! admin endpoint. Afterwards: the baseline (the same world and seed without advice), the
 //! report (`report.json`, a table), plots (PNG), the recording (MCAP) and every twin's audit
-//! log verified.
+//! log verified. Then the inter-twin relay off and on in `hidden_hazard` (fast mode, a few
+//! seeds), added to the report.
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ pub struct SimDemoOptions {
     pub out: PathBuf,
     /// Show a progress bar on the terminal.
     pub progress_bar: bool,
+    /// The relay comparison's scenario (fast mode, relay off and on).
+    pub relay_scenario: PathBuf,
+    /// Its seeds; none: no relay comparison.
+    pub relay_seeds: Vec<u64>,
 }
 
 impl SimDemoOptions {
@@ -51,6 +56,8 @@ impl SimDemoOptions {
             seed: None,
             out: out.to_path_buf(),
             progress_bar: false,
+            relay_scenario: workspace_root().join("sim/scenarios/hidden_hazard.yaml"),
+            relay_seeds: vec![1, 2, 3, 4],
         }
     }
 }
@@ -352,7 +359,15 @@ pub fn run_sim_demo(options: &SimDemoOptions) -> Result<SimDemo> {
     let records = report::read_trace(&trace).map_err(anyhow::Error::msg)?;
     let (base, base_snapshots) = baseline(&scenario, 0.5);
     let lane_width = scenario.road.lane_width_m;
-    let demo = report::build(&sim_report, &records, &estimates, &base, lane_width);
+    let mut demo = report::build(&sim_report, &records, &estimates, &base, lane_width);
+    if !options.relay_seeds.is_empty() {
+        let relay_scenario = Scenario::load(&options.relay_scenario)
+            .with_context(|| format!("scenario {}", options.relay_scenario.display()))?;
+        demo.relay = Some(
+            twinlink_sim::fast::relay_comparison(&relay_scenario, &options.relay_seeds)
+                .context("the relay comparison")?,
+        );
+    }
     let table = report::table(&demo);
     let mut files = vec![trace.clone()];
     let report_path = dir.join("report.json");

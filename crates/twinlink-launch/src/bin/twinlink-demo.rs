@@ -6,7 +6,9 @@
 //! vehicle's nodes (`launch/vehicle.launch.xml`: summarizers and twin link node) send
 //! their summaries over Zenoh to the DR host, whose twins fuse, plan and advise; the advice
 //! comes back on ROS and the simulator's drivers follow it. The same world without twins,
-//! on the same seed, is the baseline. Prints the comparison and writes `out/demo/`:
+//! on the same seed, is the baseline. Then the inter-twin relay off and on in the
+//! `hidden_hazard` scenario (fast mode, four seeds). Prints the comparison and writes
+//! `out/demo/`:
 //! `report.json`, `table.txt`, plots (PNG), `run.mcap` (Foxglove) and the trace.
 //!
 //! `twinlink-demo components`: the parts one by one: the r2r <-> rclpy exchange of every
@@ -39,6 +41,10 @@ struct Args {
     /// Where to write the report, plots, recording and logs.
     #[arg(long, default_value = "out/demo")]
     out: std::path::PathBuf,
+    /// Seeds of the relay comparison (hidden_hazard, fast mode, relay off and on);
+    /// comma-separated, or "none".
+    #[arg(long, default_value = "1,2,3,4")]
+    relay_seeds: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +95,17 @@ fn simulation(args: &Args) -> Result<()> {
     options.duration_s = args.duration_s;
     options.seed = args.seed;
     options.progress_bar = true;
+    options.relay_seeds = match args.relay_seeds.as_str() {
+        "none" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|s| {
+                s.trim().parse::<u64>().map_err(|e| {
+                    anyhow::anyhow!("--relay-seeds {list:?}: {s:?} is not a seed ({e}); give e.g. 1,2,3,4 or none")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     println!(
         "twinlink demo: {} in real time, {} vehicles with twins (ROS 2 nodes, Zenoh, DR host, simulator: each a process)",
         options.scenario.display(),
