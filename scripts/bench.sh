@@ -108,6 +108,27 @@ RSS_LOADED=$(rss_of "$HOST")
 kill "$HOST"; wait "$HOST" 2>/dev/null || true
 echo "{\"rss_empty\": $RSS_EMPTY, \"rss_idle\": $RSS_IDLE, \"rss_loaded\": $RSS_LOADED, \"twins\": $FLEET_TOTAL, \"active\": $FLEET_ACTIVE}" >"$WORK/fleet_mem.json"
 
+# Inter-twin relay: two DR hosts behind one Zenoh router, veh-2's twin on one, veh-1's on
+# the other; veh-2 reports 300 hazards at 10 Hz; each from its first disclosure by veh-2's
+# twin (its audit log) to its arrival at veh-1 over veh-1's link.
+"$BIN/twinctl" fleet init bench-fleet --out "$WORK/fleet_id" >/dev/null
+for h in a b; do
+  "$BIN/twinctl" fleet certify-host "host-$h" --authority "$WORK/fleet_id/bench-fleet.authority.key" --days 1 --out "$WORK/fleet_id" >/dev/null
+  mkdir -p "$WORK/relay_$h/keys"
+done
+"$BIN/twinctl" provision veh-1 --out "$WORK/relay_keys" >/dev/null
+"$BIN/twinctl" provision veh-2 --out "$WORK/relay_keys" >/dev/null
+cp "$WORK/relay_keys/veh-2.dr.key" "$WORK/relay_a/keys/"; cp "$WORK/relay_keys/veh-1.dr.key" "$WORK/relay_b/keys/"
+R=$(port)
+"$BIN/twinlink-router" --listen "tcp/127.0.0.1:$R" >/dev/null 2>"$WORK/router.log" & PIDS+=($!)
+for h in a b; do
+  "$BIN/twin-dr-host" --keys "$WORK/relay_$h/keys" --data-dir "$WORK/relay_$h/data" --mode client --connect "tcp/127.0.0.1:$R" \
+    --admin off --issuer-key "$WORK/fleet_id/host-$h.issuer.key" --trust-anchor "$WORK/fleet_id/bench-fleet.authority.pub" 2>"$WORK/relay_host_$h.log" & PIDS+=($!)
+done
+"$BIN/twin-dr-relay-bench" --keys "$WORK/relay_keys" --discloser-audit "$WORK/relay_a/data/veh-2/audit.log" \
+  --mode client --connect "tcp/127.0.0.1:$R" --hazards "${BENCH_RELAY_HAZARDS:-300}" >"$WORK/relay.json" 2>"$WORK/relay_bench.log"
+for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+
 # Simulator, fast mode: bench_200 (about 200 vehicles, 73 with twins) without and with
 # twins, three times; the realtime factor with twins and the uplink reduction.
 cargo build --release -p twinlink-sim --example fast_run >&2
@@ -138,6 +159,7 @@ pe_stream = load("pe_stream.json")
 dr_ingest = load("dr_ingest.json")
 fleet = load("fleet.json")
 mem = load("fleet_mem.json")
+relay = load("relay.json")
 # The host's own latency histogram (summary in -> recommendation handed to the link).
 buckets = []
 for line in open(os.path.join(work, "fleet_metrics.txt")):
@@ -165,6 +187,12 @@ summary.update({
     "sim_fast_realtime_factor_200_without_twins": round(med(sim_off, "realtime_factor"), 1),
     "sim_fast_twins_200": sim_on[0]["twinned"],
     "sim_fast_uplink_reduction_factor": round(sim_on[0]["uplink_reduction_factor"], 1),
+})
+summary.update({
+    "relay_latency_p99_ms": round(relay["relay_latency_p99_ms"], 2),
+    "relay_latency_p50_ms": round(relay["relay_latency_p50_ms"], 2),
+    "relay_latency_max_ms": round(relay["relay_latency_max_ms"], 2),
+    "relay_hazards_delivered": relay["delivered"],
 })
 summary.update({
     "dr_ingest_per_core": dr_ingest["dr_ingest_per_core"],

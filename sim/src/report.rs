@@ -540,7 +540,6 @@ mod tests {
             epoch_us: 0,
             wall_s: 0.5,
             late_steps: 0,
-            relay: None,
             max_lag_s: 0.0,
             measures: TrafficMeasures::default(),
             driven: vec![DrivenStats {

@@ -16,7 +16,8 @@
 //! through ([`TileGrid::tiles_along`]) and asks for each.
 //!
 //! The credentials' files (fleet authority, trust anchor, a host's issuer) are read and
-//! written by [`keyfile`].
+//! written by [`keyfile`]. What a twin contributes to the regional service's census (its
+//! per-window contributor token, the windows) is in [`census`].
 //!
 //! Every `now_us` is microseconds since the Unix epoch ([`time`]).
 //!
@@ -65,6 +66,7 @@
 
 #![warn(missing_docs)]
 
+pub mod census;
 pub mod coarsen;
 pub mod disclosure;
 pub mod identity;

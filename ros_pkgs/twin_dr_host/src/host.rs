@@ -99,7 +99,13 @@ pub struct HostConfig {
     /// Inter-twin sharing: the host's pseudonym issuer and the fleets it trusts. `None`:
     /// its twins neither disclose nor take other twins' disclosures.
     pub share: Option<ShareConfig>,
+    /// The regional service's aggregation window: each active twin whose vehicle consents
+    /// contributes a census sample every [`CENSUS_PERIOD`] (`None`: no census).
+    pub census_window: Option<Duration>,
 }
+
+/// How often an active twin contributes its census sample.
+pub const CENSUS_PERIOD: Duration = Duration::from_secs(1);
 
 /// At most this many refusals a second are logged per twin; the rest are counted (and
 /// always counted in the metrics).
@@ -764,6 +770,7 @@ async fn twin_loop(
     let mut last_advice = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut log_budget = LogBudget::new();
+    let mut census = CensusState::default();
     loop {
         tokio::select! {
             event = link.recv() => {
@@ -853,6 +860,7 @@ async fn twin_loop(
             _ = tick.tick() => {
                 durable.take(&mut durable_rx, &mut audit, &mut link, true)?;
                 share_out(shared, twin, &mut audit).await?;
+                census.contribute(shared, twin, &mut audit).await?;
                 if !peer_alive && gone_since.elapsed() >= c.idle_after {
                     break;
                 }
@@ -1051,6 +1059,69 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
         }
     }
     Ok(())
+}
+
+/// An active twin's census contributions.
+#[derive(Default)]
+struct CensusState {
+    last: Option<Instant>,
+    /// The window of the last contribution recorded in the audit log.
+    audited_window: Option<u64>,
+}
+
+impl CensusState {
+    /// Every [`CENSUS_PERIOD`]: the twin's census sample, if its vehicle consents, put on
+    /// `twinlink/v1/census/<tile>`; the first of each window is recorded in the audit log.
+    async fn contribute(
+        &mut self,
+        shared: &Shared,
+        twin: &Twin,
+        audit: &mut AuditLog,
+    ) -> anyhow::Result<()> {
+        let Some(window) = shared.config.census_window else {
+            return Ok(());
+        };
+        if self.last.is_some_and(|t| t.elapsed() < CENSUS_PERIOD) {
+            return Ok(());
+        }
+        self.last = Some(Instant::now());
+        let now = now_us();
+        let windows = twinlink_share::census::Windows::new(window.as_micros() as u64);
+        let grid = shared
+            .config
+            .share
+            .as_ref()
+            .map(|s| s.identity.grid)
+            .unwrap_or_default();
+        let report = match twin.census(now, &windows, &grid) {
+            Ok(r) => r,
+            Err(reason) => {
+                HostMetrics::count(&shared.metrics.census, "result", reason);
+                return Ok(());
+            }
+        };
+        let tile = keys::RegionTile::new(&report.tile_id)?;
+        let bytes = twinlink_msgs::codec::encode(&report)?;
+        let index = windows.index_of(now);
+        if self.audited_window != Some(index) {
+            self.audited_window = Some(index);
+            audit.append(
+                Kind::Disclosure,
+                json!({"direction": "out", "name": format!("census/{}", report.tile_id),
+                       "audience": "regional_service", "window_start_us": windows.start_of(now),
+                       "contributor": report.contributor, "at_us": now}),
+                &bytes,
+            )?;
+        }
+        match shared.session.put(keys::census(&tile), bytes).await {
+            Ok(()) => HostMetrics::count(&shared.metrics.census, "result", "sent"),
+            Err(e) => {
+                HostMetrics::count(&shared.metrics.census, "result", "publish_failed");
+                warn!(vehicle = twin.vehicle(), error = %e, "publishing a census sample failed");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Offers another twin's verified disclosure to this twin; what it takes (hazards on its

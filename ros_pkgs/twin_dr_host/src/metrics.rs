@@ -18,6 +18,7 @@
 //! | `twinlink_dr_relay_received_total` | counter | `result` | other twins' disclosures received: `verified` or why refused (`bad_signature`, `unsigned`, `replayed`, `unknown_authority`, `name_mismatch`, ...) |
 //! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |
 //! | `twinlink_dr_relay_delivered_total` | counter | | relayed observations sent to a vehicle |
+//! | `twinlink_dr_census_total` | counter | `result` | census samples: `sent`, or why not (`no_rule`, `revoked`, `stale_state`, `off_route`, ...) |
 
 use std::sync::Arc;
 
@@ -66,6 +67,8 @@ pub struct HostMetrics {
     pub relay_ignored: Family<Labels, Counter>,
     /// Relayed observations sent to vehicles.
     pub relay_delivered: Counter,
+    /// Census samples, by result.
+    pub census: Family<Labels, Counter>,
 }
 
 impl HostMetrics {
@@ -90,6 +93,7 @@ impl HostMetrics {
             relay_received: Family::default(),
             relay_ignored: Family::default(),
             relay_delivered: Counter::default(),
+            census: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -167,6 +171,11 @@ impl HostMetrics {
             "relay_delivered",
             "Relayed observations sent to vehicles",
             m.relay_delivered.clone(),
+        );
+        registry.register(
+            "census",
+            "Census samples: sent, or why not",
+            m.census.clone(),
         );
         Arc::new(HostMetrics { registry, ..m })
     }

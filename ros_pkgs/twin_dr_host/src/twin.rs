@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use twinlink_msgs::twin_msgs::msg::{
-    Incident, PerceptionSummary, Recommendation, RegionalTraffic, SharingPolicy, VehicleState,
+    CensusReport, Incident, PerceptionSummary, Recommendation, RegionalTraffic, SharedObservation,
+    SharingPolicy, VehicleState,
 };
 use twinlink_share::{PolicyError, PseudonymIssuer, RotationConfig, TileGrid, Verified};
 
@@ -181,7 +182,16 @@ pub struct Twin {
     hazard_changes: HazardChanges,
     /// The vehicle's consent, the twin's pseudonyms and the hazards it shares.
     sharing: TwinSharing,
+    /// The secret the twin's census tokens are derived from (never leaves the twin).
+    census_secret: [u8; 32],
 }
+
+/// How long a relayed hazard that names no expiry is kept [s] (its discloser announces
+/// active hazards every few seconds).
+pub const RELAYED_TTL: f64 = 120.0;
+
+/// A twin whose newest vehicle state is older than this contributes no census [s].
+pub const CENSUS_MAX_STATE_AGE: f64 = 2.0;
 
 /// Most hazard changes kept for [`Twin::take_hazard_changes`] per kind.
 const MAX_PENDING_HAZARD_CHANGES: usize = 64;
@@ -210,6 +220,7 @@ impl Twin {
             hazard_changes: HazardChanges::default(),
             sharing: TwinSharing::new(RotationConfig::default(), TileGrid::default())
                 .expect("the default rotation is valid"),
+            census_secret: rand::random(),
         }
     }
 
@@ -498,17 +509,93 @@ impl Twin {
         let hazards = self.sharing.accept(verified)?;
         let mut kept = Vec::new();
         for incident in hazards {
+            // What another twin said is forgotten after a while unless it says it again.
+            let mut incident = incident.clone();
+            if crate::ego::stamp_seconds(&incident.expires) <= 0.0 {
+                incident.expires = crate::planner::ros_time(((now + RELAYED_TTL) * 1e6) as u64);
+            }
             if self
                 .world
-                .add_incident(incident, now, Source::Relayed)
+                .add_incident(&incident, now, Source::Relayed)
                 .is_ok()
             {
-                kept.push(incident.clone());
+                kept.push(incident);
             }
         }
         let mut observation = verified.observation.clone();
         observation.hazards = kept;
         Ok(observation)
+    }
+
+    /// The twin's census contribution at `now_us` for the regional service's `windows`
+    /// (see `CensusReport.msg`): its vehicle's segment, lane, position along the segment
+    /// and speed, under this window's contributor token, in the tile of `grid` it is in,
+    /// with the hazards its own sensors found there. Only with its vehicle's consent: a
+    /// `traffic` rule for the fleet (positions snapped to its precision; the hazards only
+    /// if the `hazards` rule allows the fleet too). `Err` names why there is none.
+    pub fn census(
+        &self,
+        now_us: u64,
+        windows: &twinlink_share::census::Windows,
+        grid: &TileGrid,
+    ) -> Result<CensusReport, &'static str> {
+        use twinlink_share::{Audience, Decision, DisclosureRequest};
+        let consent = self.sharing.consent();
+        let ask = |category| {
+            consent.decide(
+                &DisclosureRequest::new(category, Audience::SameFleet, 0.0),
+                now_us,
+            )
+        };
+        let precision = match ask(SharedObservation::CATEGORY_TRAFFIC) {
+            Decision::Allow { precision_m, .. } => f64::from(precision_m),
+            Decision::Deny(reason) => return Err(reason.as_str()),
+        };
+        let now = now_us as f64 * 1e-6;
+        let e = self.ego.estimate(now).ok_or("no_state")?;
+        if e.age > CENSUS_MAX_STATE_AGE {
+            // A vehicle the twin only predicts is not a sample of the traffic.
+            return Err("stale_state");
+        }
+        let road = self.world.road();
+        let f = road.to_frenet(e.x, e.y);
+        if f.s < 0.0 || f.s > road.length() {
+            return Err("off_route");
+        }
+        let (segment, s_on_segment) = road.segment_at(f.s);
+        let snap = |v: f64| {
+            if precision > 0.0 {
+                (v / precision).round() * precision
+            } else {
+                v
+            }
+        };
+        let tile = grid.tile_of(e.x, e.y);
+        let mut report = CensusReport {
+            tile_id: tile.to_string(),
+            contributor: twinlink_share::census::contributor_token(
+                &self.census_secret,
+                windows.index_of(now_us),
+            ),
+            window_start: twinlink_share::time::ros_time(windows.start_of(now_us)),
+            segment_id: segment.to_string(),
+            lane_index: road.lane_of(f.d).unwrap_or(-1),
+            s: snap(s_on_segment).max(0.0),
+            speed: e.speed.clamp(0.0, 100.0) as f32,
+            ..Default::default()
+        };
+        report.header.stamp = twinlink_share::time::ros_time(now_us);
+        report.header.frame_id = "map".into();
+        if ask(SharedObservation::CATEGORY_HAZARDS).is_allowed() {
+            report.incidents = self
+                .hazards
+                .active()
+                .filter(|i| grid.tile_of(i.position.x, i.position.y) == tile)
+                .take(16)
+                .cloned()
+                .collect();
+        }
+        Ok(report)
     }
 
     fn bound_hazard_changes(&mut self) {
@@ -628,6 +715,50 @@ mod tests {
             })
             .collect();
         s
+    }
+
+    #[test]
+    fn census_needs_consent_and_a_fresh_state_and_keeps_its_token_for_a_window() {
+        use twinlink_msgs::twin_msgs::msg::SharingRule;
+        use twinlink_share::census::Windows;
+        let mut twin = Twin::new("veh-1", &settings());
+        let t0 = 1_700_000_010.0;
+        let us = |t: f64| (t * 1e6) as u64;
+        let windows = Windows::new(30_000_000);
+        let grid = TileGrid::default();
+        assert_eq!(twin.census(us(t0), &windows, &grid).unwrap_err(), "no_rule");
+        let mut policy = SharingPolicy::default();
+        policy.rules.push(SharingRule {
+            category: SharedObservation::CATEGORY_TRAFFIC,
+            audience: SharingRule::AUDIENCE_SAME_FLEET,
+            spatial_precision: 10.0,
+            max_age: 10.0,
+            ..Default::default()
+        });
+        twin.on_policy(policy, us(t0)).unwrap();
+        assert_eq!(
+            twin.census(us(t0), &windows, &grid).unwrap_err(),
+            "no_state"
+        );
+        twin.on_state(&state(t0, 1234.0, 25.0)).unwrap();
+        let r = twin.census(us(t0 + 0.1), &windows, &grid).unwrap();
+        assert_eq!(r.tile_id, "1_0");
+        assert_eq!(r.lane_index, 0);
+        assert_eq!(r.segment_id, twin.world().road().segment_at(1236.5).0);
+        assert_eq!(r.s % 10.0, 0.0, "snapped to the rule's 10 m: {}", r.s);
+        assert!((r.speed - 25.0).abs() < 0.5, "{}", r.speed);
+        assert_eq!(r.contributor.len(), 32);
+        assert!(r.incidents.is_empty());
+        let later = twin.census(us(t0 + 0.5), &windows, &grid).unwrap();
+        assert_eq!(later.contributor, r.contributor, "one token per window");
+        twin.on_state(&state(t0 + 30.0, 1984.0, 25.0)).unwrap();
+        let next = twin.census(us(t0 + 30.0), &windows, &grid).unwrap();
+        assert_ne!(next.contributor, r.contributor, "a new window, a new token");
+        // A vehicle only predicted is not a sample.
+        assert_eq!(
+            twin.census(us(t0 + 40.0), &windows, &grid).unwrap_err(),
+            "stale_state"
+        );
     }
 
     #[test]

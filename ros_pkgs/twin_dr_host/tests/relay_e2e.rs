@@ -29,6 +29,11 @@ use twinlink_share::{
 
 const DAY_US: u64 = 86_400_000_000;
 
+/// A sample a listener heard: its key and payload.
+type Sample = (String, Vec<u8>);
+/// What the eavesdropper heard, with the time it heard it.
+type Heard = Arc<Mutex<Vec<(u64, String, Vec<u8>)>>>;
+
 /// Writes the fleet's trust anchor and a host issuer certified by it; returns the authority
 /// (to forge with) and the host's arguments.
 fn fleet_files(run: &HostRun) -> (FleetAuthority, Vec<String>) {
@@ -73,6 +78,17 @@ fn policy(audience: Option<u8>, fetch: bool, expires_us: u64) -> SharingPolicy {
         p.rules.push(rule);
     }
     p.allow_autonomous_fetch = fetch;
+    p
+}
+
+/// `p` with traffic data allowed to the fleet (the regional service's census).
+fn with_census(mut p: SharingPolicy) -> SharingPolicy {
+    let mut rule = SharingRule::default();
+    rule.category = SharedObservation::CATEGORY_TRAFFIC;
+    rule.audience = SharingRule::AUDIENCE_SAME_FLEET;
+    rule.spatial_precision = 50.0;
+    rule.max_age = 10.0;
+    p.rules.push(rule);
     p
 }
 
@@ -167,12 +183,27 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // The eavesdropper: a plain Zenoh session on the whole share key space.
-    let heard: Arc<Mutex<Vec<(u64, String, Vec<u8>)>>> = Arc::default();
+    let heard: Heard = Arc::default();
     let config =
         twinlink_link::link::zenoh_config("peer", &[], std::slice::from_ref(&run.endpoint))
             .unwrap();
     let session = rt.block_on(async { zenoh::open(config).await }).unwrap();
     let sink = heard.clone();
+    let census: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let census_sink = census.clone();
+    let _census_listener = rt
+        .block_on(async {
+            session
+                .declare_subscriber("twinlink/v1/census/*")
+                .callback(move |s| {
+                    census_sink.lock().unwrap().push((
+                        s.key_expr().to_string(),
+                        s.payload().to_bytes().into_owned(),
+                    ))
+                })
+                .await
+        })
+        .unwrap();
     let _eavesdropper = rt
         .block_on(async {
             session
@@ -200,7 +231,11 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
         &run,
         "veh-2",
         2900.0,
-        Some(policy(Some(SharingRule::AUDIENCE_ANY_TWIN), false, 0)),
+        Some(with_census(policy(
+            Some(SharingRule::AUDIENCE_ANY_TWIN),
+            false,
+            0,
+        ))),
     );
     wait_for("veh-2's policy", Duration::from_secs(10), || {
         run.json("/twins/veh-2")["sharing"]["policy_version"]
@@ -345,6 +380,32 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
     rt.block_on(async { session.close().await }).unwrap();
     run.stop();
 
+    // Census: only veh-2 consented; its samples name its tile, never the vehicle, and its
+    // position snapped to its rule's 50 m. It sent one state: a sample a second while that
+    // state was fresh (2 s), none while its twin only predicted it.
+    let census = census.lock().unwrap().clone();
+    assert!(
+        (1..=3).contains(&census.len()),
+        "veh-2 contributed while its state was fresh: {}",
+        census.len()
+    );
+    for (key, bytes) in &census {
+        assert_eq!(
+            key, "twinlink/v1/census/2_0",
+            "only veh-2 (x = 2900) contributes"
+        );
+        let r: twinlink_msgs::twin_msgs::msg::CensusReport =
+            twinlink_msgs::codec::decode(bytes).unwrap();
+        assert_eq!(r.tile_id, "2_0");
+        assert!(!r.contributor.contains("veh"), "{}", r.contributor);
+        assert_eq!(r.s % 50.0, 0.0, "{}", r.s);
+        assert_eq!(
+            r.incidents.len(),
+            0,
+            "hazards are for any twin, not the census rule"
+        );
+    }
+
     // What the eavesdropper heard, verified as a twin would.
     let mut verifier =
         Verifier::new("fleet-a", authority.public_key(), VerifierConfig::default()).unwrap();
@@ -372,8 +433,17 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
     let disclosed: Vec<&Value> = disclosures(&out2, "out")
         .into_iter()
         .chain(disclosures(&out4, "out"))
-        .filter(|d| d["decision"].is_null())
+        .filter(|d| {
+            d["decision"].is_null()
+                && d["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("hazards/"))
+        })
         .collect();
+    // veh-2's twin recorded its census contributions too (once per window).
+    assert!(disclosures(&out2, "out")
+        .iter()
+        .any(|d| d["name"] == "census/2_0" && d["audience"] == "regional_service"));
     let key_of = |d: &Value| {
         (
             d["pseudonym"].as_str().unwrap().to_string(),

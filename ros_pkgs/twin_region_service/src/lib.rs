@@ -52,7 +52,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
-pub mod census;
+pub use twinlink_share::census;
 pub mod http;
 pub mod metrics;
 pub mod refusal;

@@ -69,6 +69,11 @@ struct Args {
     /// one of them.
     #[arg(long, requires = "issuer_key")]
     trust_anchor: Vec<PathBuf>,
+    /// The regional service's aggregation window [s] (its `--window-s`): each active twin
+    /// whose vehicle lets traffic data go to its fleet contributes a census sample every
+    /// second under a per-window token; 0: no census.
+    #[arg(long, default_value_t = 30.0)]
+    census_window_s: f64,
     /// Resilience testing only: a message on this stream makes its twin's task panic.
     #[arg(long, hide = true)]
     chaos_panic_on_stream: Option<String>,
@@ -161,6 +166,11 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         },
         admin,
         chaos_panic_stream: args.chaos_panic_on_stream.clone(),
+        census_window: match args.census_window_s {
+            0.0 => None,
+            w if (0.5..=3600.0).contains(&w) => Some(Duration::from_millis((w * 1000.0).round() as u64)),
+            w => anyhow::bail!("--census-window-s must be 0 (off) or 0.5 to 3600 s like the regional service's window, got {w}"),
+        },
         share: match &args.issuer_key {
             None => None,
             Some(issuer) => Some(

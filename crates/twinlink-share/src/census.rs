@@ -10,10 +10,10 @@
 //! stable within the window, so the service counts the twin once however often it
 //! reports, and unlinkable across windows for anyone without the twin's secret.
 
+pub use crate::time::{now_us, ros_time, time_us};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use twinlink_msgs::builtin_interfaces::msg::{Duration as RosDuration, Time};
-pub use twinlink_share::time::{now_us, ros_time, time_us};
 
 /// Microseconds since the Unix epoch (the service's clock and the unit of windows).
 pub type Micros = u64;
