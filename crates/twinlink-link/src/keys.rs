@@ -16,6 +16,8 @@
 //!                                           (sealed twin_msgs/SharedObservation envelopes;
 //!                                           no vehicle, twin or pseudonym in the key)
 //! twinlink/v1/share/<category>/*            the same for every tile
+//! twinlink/v1/cits/denm                     road-side units' DENMs (UPER, EN 302 637-3)
+//!                                           into the regional service
 //! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
 //!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
 //! twinlink/v1/region/<tile>/hazards         incidents from outside the census (road-side
@@ -331,6 +333,11 @@ pub fn any_census() -> OwnedKeyExpr {
 pub fn census_tile_of(key_expr: &str) -> Option<RegionTile> {
     let rest = key_expr.strip_prefix(ROOT)?.strip_prefix("/census/")?;
     RegionTile::new(rest).ok()
+}
+
+/// Road-side units' DENMs (UPER bytes) for the regional service.
+pub fn cits_denm() -> OwnedKeyExpr {
+    key(format!("{ROOT}/cits/denm"))
 }
 
 /// Every twinlink key (for diagnostics).

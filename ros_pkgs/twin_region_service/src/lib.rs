@@ -11,6 +11,7 @@
 //! Layers (only [`service`] and [`http`] do I/O):
 //!
 //! - [`census`]: the contract with twins: epoch-aligned windows, contributor tokens, times.
+//! - [`denm`]: road-side units' DENMs (C-ITS, UPER) as outside incidents of their tile.
 //! - [`refusal`]: why an input was refused; rate-limited logging of refusals.
 //! - [`aggregate`]: validation and k-anonymous aggregation (space-mean speed, density,
 //!   flow per lane stretch; incidents merged by id), pure and tested without Zenoh.
@@ -52,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod denm;
 pub use twinlink_share::census;
 pub mod http;
 pub mod metrics;

@@ -49,6 +49,9 @@ pub struct ServiceConfig {
     pub aggregation: AggregatorConfig,
     /// Where to serve `/metrics`; `None` serves nothing.
     pub metrics: Option<SocketAddr>,
+    /// The map frame's WGS84 origin: with it the service takes road-side units' DENMs on
+    /// `twinlink/v1/cits/denm` ([`crate::denm`]); `None`: no DENM input.
+    pub denm_origin: Option<twinlink_cits::GeoOrigin>,
 }
 
 /// An incident from outside the census (e.g. a road-side unit's DENM) for one tile.
@@ -102,6 +105,16 @@ pub async fn run(
         .declare_queryable(keys::any_region(HAZARDS)?)
         .await
         .map_err(|e| z("hazards queryable", e))?;
+    let denm = match config.denm_origin {
+        Some(_) => Some(
+            session
+                .declare_subscriber(keys::cits_denm())
+                .await
+                .map_err(|e| z("DENM subscriber", e))?,
+        ),
+        None => None,
+    };
+    let grid = twinlink_share::TileGrid::default();
     let metrics_addr = match config.metrics {
         Some(addr) => Some(
             http::serve(addr, metrics.clone())
@@ -164,6 +177,37 @@ pub async fn run(
                     }
                 }
             }
+            sample = async { denm.as_ref().expect("guarded").recv_async().await }, if denm.is_some() => {
+                let Ok(sample) = sample else { break };
+                let origin = config.denm_origin.expect("a DENM subscriber has its origin");
+                let input = match crate::denm::incident_from_denm(&sample.payload().to_bytes(), &origin, &grid) {
+                    Ok(input) => input,
+                    Err(refusal) => {
+                        metrics.incidents_refused
+                            .get_or_create(&vec![("reason", refusal.as_str().to_string())])
+                            .inc();
+                        if let Some(held_back) = limiter.admit(refusal.as_str(), Instant::now()) {
+                            warn!(reason = refusal.as_str(), held_back, "{refusal}");
+                        }
+                        continue;
+                    }
+                };
+                let source = input.source.as_str();
+                match agg.add_incident(&input.tile, input.incident, input.source, now_us()) {
+                    Ok(_) => {
+                        metrics.incidents_added.get_or_create(&vec![("source", source.to_string())]).inc();
+                    }
+                    Err(refusal) => {
+                        metrics.incidents_refused
+                            .get_or_create(&vec![("reason", refusal.reason.as_str().to_string())])
+                            .inc();
+                        if let Some(held_back) = limiter.admit("incident", Instant::now()) {
+                            warn!(source, tile = input.tile.as_str(), reason = %refusal.reason,
+                                detail = %refusal.detail, held_back, "DENM incident refused");
+                        }
+                    }
+                }
+            }
             input = incidents.recv(), if feed_open => {
                 let Some(input) = input else {
                     feed_open = false;
@@ -196,7 +240,7 @@ pub async fn run(
         }
     }
     info!("regional service stopping");
-    drop((census, traffic_queries, hazard_queries));
+    drop((census, traffic_queries, hazard_queries, denm));
     session
         .close()
         .await

@@ -348,6 +348,9 @@ fn bad_flags_are_refused_naming_the_flag() {
     let listen = ["--listen", "tcp/127.0.0.1:0", "--metrics", "off"];
     for (flag, value, problem) in [
         ("--k", "1", "must be within 2..="),
+        ("--geo-origin", "48.1", "1 numbers"),
+        ("--geo-origin", "north,11", "give LAT,LON"),
+        ("--geo-origin", "95,11", "--geo-origin"),
         ("--k", "ten", "invalid value"),
         ("--k", "-3", "invalid value"),
         ("--window-s", "0.1", "must be within 0.5..=3600"),
@@ -383,6 +386,7 @@ async fn outside_incidents_are_published_on_hazards_without_k() {
         zenoh: ZenohSettings::peer_listening(&endpoint),
         aggregation: AggregatorConfig::for_window(Duration::from_secs(1)),
         metrics: None,
+        denm_origin: None,
     };
     let (feed, incidents) = mpsc::channel(8);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -450,6 +454,80 @@ async fn outside_incidents_are_published_on_hazards_without_k() {
         codec::decode(&reply.result().unwrap().payload().to_bytes()).unwrap();
     assert_eq!(answered.tile_id, "rural_9");
 
+    session.close().await.unwrap();
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_road_side_units_denm_becomes_a_hazard_of_its_tile() {
+    use twinlink_cits::denm::{encode_denm, incident_to_denm, DenmContext};
+    let origin = twinlink_cits::GeoOrigin {
+        latitude_deg: 48.137,
+        longitude_deg: 11.575,
+        altitude_m: 520.0,
+    };
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let config = ServiceConfig {
+        zenoh: ZenohSettings::peer_listening(&endpoint),
+        aggregation: AggregatorConfig::for_window(Duration::from_secs(1)),
+        metrics: None,
+        denm_origin: Some(origin),
+    };
+    let (_feed, incidents) = mpsc::channel(1);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ready, is_ready) = oneshot::channel();
+    let service = tokio::spawn(service::run(
+        config,
+        incidents,
+        async {
+            let _ = stopped.await;
+        },
+        Some(ready),
+    ));
+    is_ready.await.unwrap();
+    let session = peer(&endpoint).await;
+    let hazards = session
+        .declare_subscriber(keys::any_region("hazards").unwrap())
+        .await
+        .unwrap();
+    // A road-side unit warns of an accident at x = 3250 m (tile 3_0), in standard UPER.
+    let warned = Incident {
+        incident_id: "rsu".into(),
+        incident_kind: Incident::INCIDENT_ACCIDENT,
+        position: Point {
+            x: 3250.0,
+            y: 3.5,
+            z: 0.0,
+        },
+        lane_index: 1,
+        extent: 200.0,
+        confidence: 0.8,
+        detected: ros_time(now_us() - 2_000_000),
+        expires: ros_time(now_us() + 600_000_000),
+        ..Default::default()
+    };
+    let ctx = DenmContext::road_side_unit(4242, origin, ros_time(now_us()));
+    let bytes = encode_denm(&incident_to_denm(&warned, &ctx).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Garbage first: refused and counted, the service goes on.
+    session
+        .put(keys::cits_denm(), b"not a DENM".to_vec())
+        .await
+        .unwrap();
+    session.put(keys::cits_denm(), bytes).await.unwrap();
+    let sample = tokio::time::timeout(Duration::from_secs(10), hazards.recv_async())
+        .await
+        .expect("no hazards tile")
+        .unwrap();
+    assert_eq!(sample.key_expr().as_str(), "twinlink/v1/region/3_0/hazards");
+    let tile: RegionalTraffic = codec::decode(&sample.payload().to_bytes()).unwrap();
+    assert_eq!(tile.incidents.len(), 1, "{tile:?}");
+    let got = &tile.incidents[0];
+    assert_eq!(got.incident_id, "denm-4242-0");
+    assert_eq!(got.incident_kind, Incident::INCIDENT_ACCIDENT);
+    assert!((got.position.x - 3250.0).abs() < 0.5, "{:?}", got.position);
+    assert_eq!(got.lane_index, 1);
     session.close().await.unwrap();
     let _ = stop.send(());
     service.await.unwrap().unwrap();

@@ -54,6 +54,10 @@ struct Args {
     /// serve nothing.
     #[arg(long, default_value = "127.0.0.1:9465")]
     metrics: String,
+    /// WGS84 origin of the map frame, LAT,LON[,ALT]: with it the service takes road-side
+    /// units' DENMs (UPER) on twinlink/v1/cits/denm as incidents of their tiles.
+    #[arg(long)]
+    geo_origin: Option<String>,
     #[command(flatten)]
     zenoh: ZenohArgs,
 }
@@ -61,6 +65,35 @@ struct Args {
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("--{flag} {value}: must be a non-negative number of seconds"))
+}
+
+/// `LAT,LON[,ALT]` (degrees, degrees, metres above the WGS84 ellipsoid).
+fn geo_origin(text: &str) -> anyhow::Result<twinlink_cits::GeoOrigin> {
+    let bad = |why: String| {
+        anyhow::anyhow!("--geo-origin {text:?}: {why} (give LAT,LON or LAT,LON,ALT in degrees and metres, e.g. 48.137,11.575,520)")
+    };
+    let parts = text
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .map_err(|e| bad(format!("{p:?}: {e}")))
+        })
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    let (latitude_deg, longitude_deg, altitude_m) = match parts[..] {
+        [lat, lon] => (lat, lon, 0.0),
+        [lat, lon, alt] => (lat, lon, alt),
+        _ => return Err(bad(format!("{} numbers", parts.len()))),
+    };
+    let origin = twinlink_cits::GeoOrigin {
+        latitude_deg,
+        longitude_deg,
+        altitude_m,
+    };
+    twinlink_cits::GeoPoint::from(origin)
+        .validate_as_origin("--geo-origin")
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(origin)
 }
 
 fn config(args: &Args) -> anyhow::Result<ServiceConfig> {
@@ -84,10 +117,15 @@ fn config(args: &Args) -> anyhow::Result<ServiceConfig> {
             anyhow::anyhow!("--metrics {a:?}: {e} (an address like 127.0.0.1:9465, or off)")
         })?),
     };
+    let denm_origin = match &args.geo_origin {
+        None => None,
+        Some(text) => Some(geo_origin(text)?),
+    };
     Ok(ServiceConfig {
         zenoh: args.zenoh.settings()?,
         aggregation,
         metrics,
+        denm_origin,
     })
 }
 
