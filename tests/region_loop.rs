@@ -123,7 +123,8 @@ fn twins_census_becomes_a_k_anonymous_tile_that_comes_back_to_them() {
     let heard: Arc<Mutex<Vec<RegionalTraffic>>> = Arc::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config =
-        twinlink_link::link::zenoh_config("peer", &[], &[region_endpoint.clone()]).unwrap();
+        twinlink_link::link::zenoh_config("peer", &[], std::slice::from_ref(&region_endpoint))
+            .unwrap();
     let session = rt.block_on(async { zenoh::open(config).await }).unwrap();
     let sink = heard.clone();
     let _listener = rt

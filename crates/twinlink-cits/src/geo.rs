@@ -115,6 +115,37 @@ impl GeoPoint {
 }
 
 impl GeoOrigin {
+    /// Reads `LAT,LON` or `LAT,LON,ALT` (degrees, degrees, metres above the WGS84
+    /// ellipsoid; altitude 0 when left out), as command lines give an origin; the error
+    /// says what is wrong.
+    pub fn parse(text: &str) -> Result<GeoOrigin, String> {
+        let bad = |why: String| {
+            format!("{text:?}: {why} (give LAT,LON or LAT,LON,ALT in degrees and metres, e.g. 48.137,11.575,520)")
+        };
+        let parts = text
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<f64>()
+                    .map_err(|e| bad(format!("{p:?}: {e}")))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        let (latitude_deg, longitude_deg, altitude_m) = match parts[..] {
+            [lat, lon] => (lat, lon, 0.0),
+            [lat, lon, alt] => (lat, lon, alt),
+            _ => return Err(bad(format!("{} numbers", parts.len()))),
+        };
+        let origin = GeoOrigin {
+            latitude_deg,
+            longitude_deg,
+            altitude_m,
+        };
+        GeoPoint::from(origin)
+            .validate_as_origin("origin")
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(origin)
+    }
+
     /// Checks the origin (see [`GeoPoint::validate_as_origin`]).
     pub fn validate(&self) -> Result<(), CitsError> {
         GeoPoint::from(*self).validate_as_origin("origin")
@@ -224,6 +255,25 @@ mod tests {
     /// Reference values from the closed-form geodetic -> ECEF -> ENU formulas (WGS84,
     /// a = 6378137 m, f = 1/298.257223563), evaluated independently in double precision
     /// (Python, no geodesy library). The point is the one of pymap3d's README example.
+    #[test]
+    fn origins_parse_from_the_command_line_form() {
+        let o = GeoOrigin::parse("48.137, 11.575,520").unwrap();
+        assert_eq!(
+            (o.latitude_deg, o.longitude_deg, o.altitude_m),
+            (48.137, 11.575, 520.0)
+        );
+        assert_eq!(GeoOrigin::parse("48,11").unwrap().altitude_m, 0.0);
+        assert!(GeoOrigin::parse("48").unwrap_err().contains("1 numbers"));
+        assert!(GeoOrigin::parse("north,11")
+            .unwrap_err()
+            .contains("LAT,LON"));
+        assert!(GeoOrigin::parse("95,11").is_err());
+        assert!(
+            GeoOrigin::parse("89.95,11").is_err(),
+            "too near a pole for a tangent plane"
+        );
+    }
+
     #[test]
     fn enu_matches_reference_values() {
         let p = GeoPoint {

@@ -18,6 +18,8 @@
 //! twinlink/v1/share/<category>/*            the same for every tile
 //! twinlink/v1/cits/denm                     road-side units' DENMs (UPER, EN 302 637-3)
 //!                                           into the regional service
+//! twinlink/v1/cits/denm-out/<tile>          hazards twins may disclose to any twin, as
+//!                                           standard DENMs for C-ITS gateways
 //! twinlink/v1/region/<tile>/<category>      regional data by tile and category (CDR,
 //!                                           e.g. `traffic`: twin_msgs/RegionalTraffic)
 //! twinlink/v1/region/<tile>/hazards         incidents from outside the census (road-side
@@ -338,6 +340,11 @@ pub fn census_tile_of(key_expr: &str) -> Option<RegionTile> {
 /// Road-side units' DENMs (UPER bytes) for the regional service.
 pub fn cits_denm() -> OwnedKeyExpr {
     key(format!("{ROOT}/cits/denm"))
+}
+
+/// Hazards that twins may disclose to any twin, as standard DENMs (UPER), by tile.
+pub fn cits_denm_out(tile: &RegionTile) -> OwnedKeyExpr {
+    key(format!("{ROOT}/cits/denm-out/{}", tile.0))
 }
 
 /// Every twinlink key (for diagnostics).

@@ -99,6 +99,10 @@ pub struct HostConfig {
     /// Inter-twin sharing: the host's pseudonym issuer and the fleets it trusts. `None`:
     /// its twins neither disclose nor take other twins' disclosures.
     pub share: Option<ShareConfig>,
+    /// The map frame's WGS84 origin: with it, every hazard a twin discloses to any twin
+    /// also goes out as a standard DENM (UPER) on `twinlink/v1/cits/denm-out/<tile>`, for
+    /// C-ITS gateways (`None`: no DENMs).
+    pub cits_origin: Option<twinlink_cits::GeoOrigin>,
     /// The regional service's aggregation window: each active twin whose vehicle consents
     /// contributes a census sample every [`CENSUS_PERIOD`] (`None`: no census).
     pub census_window: Option<Duration>,
@@ -1036,6 +1040,26 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
                     &d.bytes,
                 )?;
                 HostMetrics::count(&shared.metrics.disclosures, "result", "disclosed");
+                if let Some(origin) = shared.config.cits_origin.filter(|_| !d.withdrawal) {
+                    match hazard_denm(&d, origin, now) {
+                        Ok(denm) => {
+                            let result =
+                                match shared.session.put(keys::cits_denm_out(&tile), denm).await {
+                                    Ok(()) => "denm",
+                                    Err(_) => "denm_publish_failed",
+                                };
+                            HostMetrics::count(&shared.metrics.disclosures, "result", result);
+                        }
+                        Err(e) => {
+                            HostMetrics::count(
+                                &shared.metrics.disclosures,
+                                "result",
+                                "denm_failed",
+                            );
+                            warn!(vehicle = twin.vehicle(), error = %e, "a disclosed hazard did not make a DENM");
+                        }
+                    }
+                }
                 if let Err(e) = shared.session.put(key, d.bytes).await {
                     HostMetrics::count(&shared.metrics.disclosures, "result", "publish_failed");
                     warn!(vehicle = twin.vehicle(), error = %e, "publishing a disclosure failed");
@@ -1122,6 +1146,30 @@ impl CensusState {
         }
         Ok(())
     }
+}
+
+/// A disclosed hazard as a standard DENM (EN 302 637-3, UPER): what the twin disclosed
+/// (coarsened, its disclosed id), sent by the twin's pseudonym (its first 8 hex digits are
+/// the station id) as one event per disclosed id.
+fn hazard_denm(
+    d: &crate::relay::Outgoing,
+    origin: twinlink_cits::GeoOrigin,
+    now_us: u64,
+) -> Result<Vec<u8>, twinlink_cits::CitsError> {
+    use twinlink_cits::denm::{encode_denm, incident_to_denm, DenmContext};
+    let station_id = d
+        .pseudonym
+        .get(..8)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0);
+    let mut ctx =
+        DenmContext::road_side_unit(station_id, origin, twinlink_share::time::ros_time(now_us));
+    // One action per hazard: a stable number from its disclosed id.
+    ctx.sequence_number = d
+        .disclosed_id
+        .bytes()
+        .fold(0u16, |h, b| h.wrapping_mul(31).wrapping_add(u16::from(b)));
+    encode_denm(&incident_to_denm(&d.incident, &ctx)?)
 }
 
 /// Offers another twin's verified disclosure to this twin; what it takes (hazards on its

@@ -170,13 +170,15 @@ pub struct Outgoing {
     pub withdrawal: bool,
     /// Spatial precision applied [m].
     pub precision_m: f32,
+    /// The hazard as disclosed (coarsened, its disclosed id).
+    pub incident: Incident,
 }
 
 /// What the consent made of one hazard.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Disclosed: publish and audit it.
-    Disclosed(Outgoing),
+    Disclosed(Box<Outgoing>),
     /// Not disclosed, and why (a `DiscloseError` label such as `no_rule`,
     /// `grant_expired`, `revoked`).
     Denied {
@@ -399,7 +401,7 @@ impl TwinSharing {
         }
         self.stats.disclosed += 1;
         self.denied_last.remove(&incident.incident_id);
-        Outcome::Disclosed(Outgoing {
+        Outcome::Disclosed(Box::new(Outgoing {
             name: DataName::new(Category::Hazards, tile),
             hazard_id: incident.incident_id.clone(),
             disclosed_id: disclosure
@@ -412,8 +414,14 @@ impl TwinSharing {
             disclosure_id: disclosure.disclosure_id(),
             withdrawal,
             precision_m: disclosure.observation.position_precision,
+            incident: disclosure
+                .observation
+                .hazards
+                .first()
+                .cloned()
+                .unwrap_or_default(),
             bytes,
-        })
+        }))
     }
 
     /// Whether this twin takes `verified` (see the module docs); the hazards to apply

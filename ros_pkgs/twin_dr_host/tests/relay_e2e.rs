@@ -28,6 +28,8 @@ use twinlink_share::{
 };
 
 const DAY_US: u64 = 86_400_000_000;
+/// The map frame's WGS84 origin the host's DENMs are placed with.
+const CITS_ORIGIN: &str = "48.137,11.575,520";
 
 /// A sample a listener heard: its key and payload.
 type Sample = (String, Vec<u8>);
@@ -60,6 +62,8 @@ fn fleet_files(run: &HostRun) -> (FleetAuthority, Vec<String>) {
         issuer.display().to_string(),
         "--trust-anchor".to_string(),
         anchor.display().to_string(),
+        "--cits-origin".to_string(),
+        CITS_ORIGIN.to_string(),
     ];
     (authority, args)
 }
@@ -197,6 +201,21 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
                 .declare_subscriber("twinlink/v1/census/*")
                 .callback(move |s| {
                     census_sink.lock().unwrap().push((
+                        s.key_expr().to_string(),
+                        s.payload().to_bytes().into_owned(),
+                    ))
+                })
+                .await
+        })
+        .unwrap();
+    let denms: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let denm_sink = denms.clone();
+    let _denm_listener = rt
+        .block_on(async {
+            session
+                .declare_subscriber("twinlink/v1/cits/denm-out/*")
+                .callback(move |s| {
+                    denm_sink.lock().unwrap().push((
                         s.key_expr().to_string(),
                         s.payload().to_bytes().into_owned(),
                     ))
@@ -403,6 +422,25 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
             r.incidents.len(),
             0,
             "hazards are for any twin, not the census rule"
+        );
+    }
+
+    // Permitted hazards also left as standard DENMs for C-ITS gateways; veh-3's never did.
+    let origin = twinlink_cits::GeoOrigin::parse(CITS_ORIGIN).unwrap();
+    let denms = denms.lock().unwrap().clone();
+    assert!(!denms.is_empty(), "no DENM");
+    for (key, bytes) in &denms {
+        let denm = twinlink_cits::denm::decode_denm(bytes).unwrap();
+        let incident = twinlink_cits::denm::denm_to_incident(&denm, &origin).unwrap();
+        let x = incident.position.x;
+        assert_eq!(incident.incident_kind, Incident::INCIDENT_STALLED_VEHICLE);
+        assert!(
+            (x - 3000.0).abs() < 1.0 || (x - 7000.0).abs() < 1.0,
+            "{key}: a DENM at x = {x}"
+        );
+        assert!(
+            key.ends_with(if x < 5000.0 { "/3_0" } else { "/7_0" }),
+            "{key}"
         );
     }
 

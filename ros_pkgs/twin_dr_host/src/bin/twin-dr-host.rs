@@ -69,6 +69,10 @@ struct Args {
     /// one of them.
     #[arg(long, requires = "issuer_key")]
     trust_anchor: Vec<PathBuf>,
+    /// WGS84 origin of the map frame, LAT,LON[,ALT]: with it every hazard a twin discloses
+    /// to any twin also goes out as a standard DENM on twinlink/v1/cits/denm-out/<tile>.
+    #[arg(long)]
+    cits_origin: Option<String>,
     /// The regional service's aggregation window [s] (its `--window-s`): each active twin
     /// whose vehicle lets traffic data go to its fleet contributes a census sample every
     /// second under a per-window token; 0: no census.
@@ -166,6 +170,13 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
         },
         admin,
         chaos_panic_stream: args.chaos_panic_on_stream.clone(),
+        cits_origin: match &args.cits_origin {
+            None => None,
+            Some(text) => Some(
+                twinlink_cits::GeoOrigin::parse(text)
+                    .map_err(|e| anyhow::anyhow!("--cits-origin {e}"))?,
+            ),
+        },
         census_window: match args.census_window_s {
             0.0 => None,
             w if (0.5..=3600.0).contains(&w) => Some(Duration::from_millis((w * 1000.0).round() as u64)),

@@ -67,35 +67,6 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("--{flag} {value}: must be a non-negative number of seconds"))
 }
 
-/// `LAT,LON[,ALT]` (degrees, degrees, metres above the WGS84 ellipsoid).
-fn geo_origin(text: &str) -> anyhow::Result<twinlink_cits::GeoOrigin> {
-    let bad = |why: String| {
-        anyhow::anyhow!("--geo-origin {text:?}: {why} (give LAT,LON or LAT,LON,ALT in degrees and metres, e.g. 48.137,11.575,520)")
-    };
-    let parts = text
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<f64>()
-                .map_err(|e| bad(format!("{p:?}: {e}")))
-        })
-        .collect::<anyhow::Result<Vec<f64>>>()?;
-    let (latitude_deg, longitude_deg, altitude_m) = match parts[..] {
-        [lat, lon] => (lat, lon, 0.0),
-        [lat, lon, alt] => (lat, lon, alt),
-        _ => return Err(bad(format!("{} numbers", parts.len()))),
-    };
-    let origin = twinlink_cits::GeoOrigin {
-        latitude_deg,
-        longitude_deg,
-        altitude_m,
-    };
-    twinlink_cits::GeoPoint::from(origin)
-        .validate_as_origin("--geo-origin")
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(origin)
-}
-
 fn config(args: &Args) -> anyhow::Result<ServiceConfig> {
     let mut aggregation = AggregatorConfig::for_window(seconds("window-s", args.window_s)?);
     aggregation.k = args.k;
@@ -119,7 +90,10 @@ fn config(args: &Args) -> anyhow::Result<ServiceConfig> {
     };
     let denm_origin = match &args.geo_origin {
         None => None,
-        Some(text) => Some(geo_origin(text)?),
+        Some(text) => Some(
+            twinlink_cits::GeoOrigin::parse(text)
+                .map_err(|e| anyhow::anyhow!("--geo-origin {e}"))?,
+        ),
     };
     Ok(ServiceConfig {
         zenoh: args.zenoh.settings()?,
