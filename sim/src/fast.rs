@@ -190,7 +190,8 @@ pub struct RelayCounts {
     pub verified: u64,
     /// Disclosures refused by verification.
     pub rejected: u64,
-    /// Disclosures another twin took with at least one hazard on its route.
+    /// Disclosures another twin took with at least one new or changed hazard on its route
+    /// (what it would pass on to its vehicle; repeats of what it has are not counted).
     pub taken: u64,
 }
 

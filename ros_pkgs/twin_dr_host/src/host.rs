@@ -108,6 +108,9 @@ pub struct HostConfig {
     pub census_window: Option<Duration>,
 }
 
+/// Most bytes of other twins' disclosures waiting for verification.
+const MAX_RELAY_QUEUED_BYTES: u64 = 16 << 20;
+
 /// How often an active twin contributes its census sample.
 pub const CENSUS_PERIOD: Duration = Duration::from_secs(1);
 
@@ -244,6 +247,9 @@ pub async fn run(
     // Inter-twin sharing: one subscription per tile name along the host's route; each
     // disclosure is verified once here and offered to every active twin.
     let (relay_tx, mut relay_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+    // Bytes waiting in that queue: anyone may publish on the share keys, so what waits
+    // for verification is bounded in bytes, not only in samples.
+    let relay_queued = Arc::new(AtomicU64::new(0));
     let mut verifier: Option<Verifier> = None;
     let mut share_subscribers = Vec::new();
     if let Some(share) = &config.share {
@@ -256,15 +262,26 @@ pub async fn run(
         for tile in &tiles {
             let tile = keys::RegionTile::new(&tile.to_string())?;
             let key = keys::share(SHARE_CATEGORY, &tile)?;
-            let (tx, m) = (relay_tx.clone(), metrics.clone());
+            let (tx, m, queued) = (relay_tx.clone(), metrics.clone(), relay_queued.clone());
             let subscriber = session
                 .declare_subscriber(key)
                 .callback(move |sample| {
+                    let len = sample.payload().len();
+                    if len > twinlink_share::disclosure::MAX_DISCLOSURE_BYTES {
+                        HostMetrics::count(&m.relay_received, "result", "oversize");
+                        return;
+                    }
+                    if queued.load(Ordering::Relaxed) + len as u64 > MAX_RELAY_QUEUED_BYTES {
+                        HostMetrics::count(&m.relay_received, "result", "overflow");
+                        return;
+                    }
                     let item = (
                         sample.key_expr().to_string(),
                         sample.payload().to_bytes().into_owned(),
                     );
+                    queued.fetch_add(len as u64, Ordering::Relaxed);
                     if tx.try_send(item).is_err() {
+                        queued.fetch_sub(len as u64, Ordering::Relaxed);
                         HostMetrics::count(&m.relay_received, "result", "overflow");
                     }
                 })
@@ -315,6 +332,7 @@ pub async fn run(
                 }
             }
             Some((key, bytes)) = relay_rx.recv() => {
+                relay_queued.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(verifier) = verifier.as_mut() {
                     relay_in(&shared, &mut slots, verifier, &key, &bytes, &mut relay_log);
                 }
@@ -590,13 +608,18 @@ fn relay_in(
             warn!(key, reason, "disclosure refused: {text}");
         }
     };
-    let verified = match verifier.verify(bytes, now_us()) {
-        Ok(v) => v,
-        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    let disclosure = match twinlink_share::Disclosure::from_bytes(bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            let e = twinlink_share::Rejection::from(e);
+            return refuse(log, e.as_str(), e.to_string());
+        }
     };
+    // The name first: a copy republished under another name must not use up the
+    // disclosure's id in the replay guard before the original arrives.
     let said = (
-        twinlink_share::category_name(verified.observation.category),
-        verified.observation.region_tile.as_str(),
+        twinlink_share::category_name(disclosure.observation.category),
+        disclosure.observation.region_tile.clone(),
     );
     match keys::share_name_of(key) {
         Some((category, tile)) if Some(category) == said.0 && tile.as_str() == said.1 => {}
@@ -611,6 +634,10 @@ fn relay_in(
             )
         }
     }
+    let verified = match verifier.verify_disclosure(disclosure, now_us()) {
+        Ok(v) => v,
+        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    };
     HostMetrics::count(&shared.metrics.relay_received, "result", "verified");
     let verified = Arc::new(verified);
     for slot in slots.values() {
@@ -1043,6 +1070,13 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
                 if let Some(origin) = shared.config.cits_origin.filter(|_| !d.withdrawal) {
                     match hazard_denm(&d, origin, now) {
                         Ok(denm) => {
+                            audit.append(
+                                Kind::Disclosure,
+                                json!({"direction": "out", "name": format!("cits/denm-out/{}", tile.as_str()),
+                                       "audience": "any", "format": "denm", "pseudonym": d.pseudonym,
+                                       "disclosure_id": d.disclosure_id, "at_us": now}),
+                                &denm,
+                            )?;
                             let result =
                                 match shared.session.put(keys::cits_denm_out(&tile), denm).await {
                                     Ok(()) => "denm",

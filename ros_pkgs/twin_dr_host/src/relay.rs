@@ -37,6 +37,15 @@ use twinlink_share::{
 use crate::hazard_detect::HazardChanges;
 use crate::road::Road;
 
+/// A relayed hazard as its vehicle last heard it: kind, lane, position [dm], withdrawn.
+type Fingerprint = (u8, i32, i64, i64, bool);
+
+/// A relayed hazard the vehicle already has is passed on again after this long [s].
+pub const RELAY_REFRESH_S: f64 = 30.0;
+
+/// Most relayed hazards remembered per twin for [`TwinSharing::forward_relayed`].
+const MAX_FORWARDED: usize = 256;
+
 /// How often a twin discloses its active hazards again [µs].
 pub const ANNOUNCE_PERIOD_US: u64 = 2_000_000;
 
@@ -237,6 +246,11 @@ pub struct TwinSharing {
     own_pseudonyms: VecDeque<String>,
     /// The last denial of each active hazard.
     denied_last: HashMap<String, &'static str>,
+    /// When each active hazard was last reported (raised or updated) [µs]: the stamp of
+    /// its disclosures, so the rule's `max_age` holds for announcements too.
+    seen_us: HashMap<String, u64>,
+    /// What was last passed on to the vehicle of each relayed hazard, and when.
+    forwarded: HashMap<String, (Fingerprint, f64)>,
     last_announce_us: u64,
     stats: SharingStats,
 }
@@ -254,6 +268,8 @@ impl TwinSharing {
             order: VecDeque::new(),
             own_pseudonyms: VecDeque::new(),
             denied_last: HashMap::new(),
+            forwarded: HashMap::new(),
+            seen_us: HashMap::new(),
             last_announce_us: 0,
             stats: SharingStats::default(),
         })
@@ -279,18 +295,78 @@ impl TwinSharing {
     /// follows cannot be linked to what went before.
     pub fn set_policy(&mut self, policy: SharingPolicy, now_us: u64) -> Result<u64, PolicyError> {
         let before = self.discloser.consent.policy().clone();
-        let version = self.discloser.consent.set(policy, now_us)?;
+        let version = match self.discloser.consent.set(policy, now_us) {
+            Ok(v) => v,
+            Err(e) => {
+                // A refused policy leaves nothing of the one before in force: default deny
+                // until the vehicle sends one that is valid.
+                self.discloser.consent = Consent::new();
+                self.rotate();
+                return Err(e);
+            }
+        };
+        let expiry = |r: &twinlink_msgs::twin_msgs::msg::SharingRule| {
+            twinlink_share::time::time_us(&r.expires).filter(|&t| t > 0)
+        };
         let narrowed = before.rules.iter().any(|old| {
-            self.discloser
-                .consent
-                .rule(old.category)
-                .is_none_or(|new| new.audience < old.audience)
+            self.discloser.consent.rule(old.category).is_none_or(|new| {
+                new.audience < old.audience
+                    || new.spatial_precision > old.spatial_precision
+                    || new.max_age < old.max_age
+                    || match (expiry(old), expiry(new)) {
+                        (None, Some(_)) => true,
+                        (Some(o), Some(n)) => n < o,
+                        _ => false,
+                    }
+            })
         });
         if narrowed {
+            self.rotate();
+        }
+        Ok(version)
+    }
+
+    /// A new pseudonym at the next disclosure.
+    fn rotate(&mut self) {
+        {
             self.discloser.rotation = Rotation::new(*self.discloser.rotation.config())
                 .expect("the same configuration was accepted before");
         }
-        Ok(version)
+    }
+
+    /// Whether a relayed hazard (id as the receiving twin names it) should go on to the
+    /// vehicle: new, changed (kind, lane, position, withdrawn) or last passed on
+    /// [`RELAY_REFRESH_S`] ago. Announcements that repeat what the vehicle has are not
+    /// sent again.
+    pub fn forward_relayed(&mut self, incident: &Incident, withdrawal: bool, now: f64) -> bool {
+        let print = (
+            incident.incident_kind,
+            incident.lane_index,
+            (incident.position.x * 10.0).round() as i64,
+            (incident.position.y * 10.0).round() as i64,
+            withdrawal,
+        );
+        let fresh = match self.forwarded.get(&incident.incident_id) {
+            Some((p, at)) => *p != print || now - at >= RELAY_REFRESH_S || now < *at,
+            None => true,
+        };
+        if fresh {
+            if self.forwarded.len() >= MAX_FORWARDED
+                && !self.forwarded.contains_key(&incident.incident_id)
+            {
+                if let Some(oldest) = self
+                    .forwarded
+                    .iter()
+                    .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+                    .map(|(k, _)| k.clone())
+                {
+                    self.forwarded.remove(&oldest);
+                }
+            }
+            self.forwarded
+                .insert(incident.incident_id.clone(), (print, now));
+        }
+        fresh
     }
 
     /// Discloses what changed (new and updated hazards; withdrawals of resolved and
@@ -306,8 +382,19 @@ impl TwinSharing {
             // Announcements repeat what is shared: their clock starts with the first hazard.
             self.last_announce_us = now_us;
         }
+        // Ends first: a hazard resolved and raised again in one batch stays shared.
+        for id in changes.resolved.iter().chain(&changes.expired) {
+            if let Some(mut incident) = self.active.remove(id) {
+                self.order.retain(|o| o != id);
+                self.denied_last.remove(id);
+                self.seen_us.remove(id);
+                incident.expires = ros_time(now_us);
+                out.push(self.disclose(&incident, true, issuer, now_us));
+            }
+        }
         for incident in changes.new.into_iter().chain(changes.updated) {
             let id = incident.incident_id.clone();
+            self.seen_us.insert(id.clone(), now_us);
             if self.active.insert(id.clone(), incident).is_none() {
                 self.order.push_back(id.clone());
             }
@@ -315,18 +402,11 @@ impl TwinSharing {
                 if let Some(old) = self.order.pop_front() {
                     self.active.remove(&old);
                     self.denied_last.remove(&old);
+                    self.seen_us.remove(&old);
                 }
             }
             if let Some(incident) = self.active.get(&id).cloned() {
                 out.push(self.disclose(&incident, false, issuer, now_us));
-            }
-        }
-        for id in changes.resolved.into_iter().chain(changes.expired) {
-            if let Some(mut incident) = self.active.remove(&id) {
-                self.order.retain(|o| o != &id);
-                self.denied_last.remove(&id);
-                incident.expires = ros_time(now_us);
-                out.push(self.disclose(&incident, true, issuer, now_us));
             }
         }
         out
@@ -363,7 +443,17 @@ impl TwinSharing {
             ..Default::default()
         };
         observation.header.frame_id = "map".into();
-        observation.header.stamp = ros_time(now_us);
+        // As old as the newest report of the hazard (a withdrawal: now).
+        let seen = if withdrawal {
+            now_us
+        } else {
+            self.seen_us
+                .get(&incident.incident_id)
+                .copied()
+                .unwrap_or(now_us)
+                .min(now_us)
+        };
+        observation.header.stamp = ros_time(seen);
         let denied = |this: &mut Self, reason: &'static str| {
             *this.stats.denied.entry(reason).or_default() += 1;
             let before = if withdrawal {
@@ -731,6 +821,42 @@ mod tests {
             anchors: vec![anchor(&authority), anchor(&other)],
         };
         assert_eq!(good.verifier().unwrap().own_fleet(), "fleet-a");
+    }
+
+    #[test]
+    fn a_refused_policy_leaves_default_deny_and_repeats_are_not_passed_on() {
+        let (_, issuer) = fleet();
+        let mut s = sharing();
+        s.set_policy(policy(SharingRule::AUDIENCE_ANY_TWIN, true, 0), T0)
+            .unwrap();
+        // A grant that expired already is refused, and nothing of the old policy stays.
+        assert!(s
+            .set_policy(policy(SharingRule::AUDIENCE_ANY_TWIN, true, T0 - 1), T0)
+            .is_err());
+        assert!(!s.consent().may_fetch_autonomously());
+        let out = s.on_changes(new_hazard("h1", 100.0), &issuer, T0);
+        assert!(matches!(
+            out[0],
+            Outcome::Denied {
+                reason: "no_rule",
+                ..
+            }
+        ));
+
+        let h = stalled("fleet-a/p/h1", 100.0);
+        assert!(s.forward_relayed(&h, false, 10.0), "new");
+        assert!(
+            !s.forward_relayed(&h, false, 12.0),
+            "an announcement of the same"
+        );
+        let mut moved = h.clone();
+        moved.position.x += 10.0;
+        assert!(s.forward_relayed(&moved, false, 13.0), "moved");
+        assert!(s.forward_relayed(&moved, true, 14.0), "withdrawn");
+        assert!(
+            s.forward_relayed(&moved, true, 14.0 + RELAY_REFRESH_S),
+            "refreshed"
+        );
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct Twin {
 /// active hazards every few seconds).
 pub const RELAYED_TTL: f64 = 120.0;
 
+/// Most hazards taken from one disclosure (the twins' own carry one each).
+pub const MAX_RELAYED_HAZARDS: usize = 16;
+
 /// A twin whose newest vehicle state is older than this contributes no census [s].
 pub const CENSUS_MAX_STATE_AGE: f64 = 2.0;
 
@@ -507,17 +510,35 @@ impl Twin {
         now: f64,
     ) -> Result<twinlink_msgs::twin_msgs::msg::SharedObservation, Ignored> {
         let hazards = self.sharing.accept(verified)?;
+        let stamp = crate::ego::stamp_seconds(&verified.observation.header.stamp);
         let mut kept = Vec::new();
-        for incident in hazards {
-            // What another twin said is forgotten after a while unless it says it again.
+        for incident in hazards.iter().take(MAX_RELAYED_HAZARDS) {
             let mut incident = incident.clone();
-            if crate::ego::stamp_seconds(&incident.expires) <= 0.0 {
-                incident.expires = crate::planner::ros_time(((now + RELAYED_TTL) * 1e6) as u64);
-            }
+            // Ids of the sender's own naming: they can only ever replace or withdraw what
+            // the same sender said, never the twin's own or the region's hazards.
+            incident.incident_id = format!(
+                "{}/{}/{}",
+                verified.fleet_id, verified.pseudonym, incident.incident_id
+            );
+            let expires = crate::ego::stamp_seconds(&incident.expires);
+            // A withdrawal expires with its disclosure (its stamp rounded up to the second).
+            let withdrawal = expires > 0.0 && expires <= stamp + 1.0;
+            // What another twin said is forgotten after a while unless it says it again.
+            incident.expires = crate::planner::ros_time(
+                ((if withdrawal {
+                    now - 1e-3
+                } else if expires <= 0.0 {
+                    now + RELAYED_TTL
+                } else {
+                    expires.min(now + RELAYED_TTL)
+                }) * 1e6)
+                    .max(0.0) as u64,
+            );
             if self
                 .world
                 .add_incident(&incident, now, Source::Relayed)
                 .is_ok()
+                && self.sharing.forward_relayed(&incident, withdrawal, now)
             {
                 kept.push(incident);
             }
@@ -529,10 +550,9 @@ impl Twin {
 
     /// The twin's census contribution at `now_us` for the regional service's `windows`
     /// (see `CensusReport.msg`): its vehicle's segment, lane, position along the segment
-    /// and speed, under this window's contributor token, in the tile of `grid` it is in,
-    /// with the hazards its own sensors found there. Only with its vehicle's consent: a
-    /// `traffic` rule for the fleet (positions snapped to its precision; the hazards only
-    /// if the `hazards` rule allows the fleet too). `Err` names why there is none.
+    /// and speed, under this window's contributor token, in the tile of `grid` it is in.
+    /// Only with its vehicle's consent: a `traffic` rule for the fleet (positions snapped
+    /// to its precision). `Err` names why there is none.
     pub fn census(
         &self,
         now_us: u64,
@@ -586,15 +606,9 @@ impl Twin {
         };
         report.header.stamp = twinlink_share::time::ros_time(now_us);
         report.header.frame_id = "map".into();
-        if ask(SharedObservation::CATEGORY_HAZARDS).is_allowed() {
-            report.incidents = self
-                .hazards
-                .active()
-                .filter(|i| grid.tile_of(i.position.x, i.position.y) == tile)
-                .take(16)
-                .cloned()
-                .collect();
-        }
+        // Hazards go to other twins through the relay (coarsened, under a pseudonym), not
+        // in the census.
+        let _ = tile;
         Ok(report)
     }
 

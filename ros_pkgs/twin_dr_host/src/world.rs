@@ -460,7 +460,9 @@ impl WorldModel {
             self.remove_incident(&inc.incident_id, source);
             return Ok(());
         }
-        self.hazards.retain(|h| h.id != inc.incident_id);
+        // One source never replaces another's hazard of the same id.
+        self.hazards
+            .retain(|h| !(h.id == inc.incident_id && h.source == source));
         let (mut s, mut expires) = (s, expires);
         if source == Source::Relayed {
             // Twins disclose the same hazard under ids of their own (keyed per pseudonym):
@@ -657,6 +659,25 @@ mod tests {
             k_threshold: k,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn one_source_never_replaces_or_withdraws_another_sources_hazard() {
+        let mut w = world();
+        let own = incident("h-seg-0-1", Incident::INCIDENT_STALLED_VEHICLE, "", 0.0, 1);
+        let mut own = own;
+        own.position.x = 900.0;
+        own.position.y = 3.5;
+        w.add_incident(&own, 1.0, Source::OwnSensors).unwrap();
+        // The same id relayed, then withdrawn (expired on arrival): the own hazard stays.
+        let mut relayed = own.clone();
+        relayed.position.x = 2000.0;
+        w.add_incident(&relayed, 1.0, Source::Relayed).unwrap();
+        assert_eq!(w.hazards().len(), 2);
+        relayed.expires = twinlink_msgs::builtin_interfaces::msg::Time { sec: 0, nanosec: 1 };
+        w.add_incident(&relayed, 2.0, Source::Relayed).unwrap();
+        assert_eq!(w.hazards().len(), 1);
+        assert_eq!(w.hazards()[0].source, Source::OwnSensors);
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
         assert_eq!(metric(result), 1.0, "{result} counted once");
     }
     assert!(metric("verified") >= 3.0);
-    assert!(run.metric("twinlink_dr_relay_delivered_total") >= 3.0);
+    assert!(run.metric("twinlink_dr_relay_delivered_total") >= 2.0);
     assert!(run.metric("twinlink_dr_disclosures_total{result=\"no_rule\"}") >= 1.0);
     assert!(run.metric("twinlink_dr_disclosures_total{result=\"grant_expired\"}") >= 1.0);
 
@@ -495,7 +495,10 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
     );
     let taken = audit_records(&run, "veh-1");
     let taken = disclosures(&taken, "in");
-    assert!(taken.len() >= 3, "{taken:?}");
+    assert!(
+        taken.len() >= 2,
+        "veh-2's and veh-4's hazards (repeats are not passed on): {taken:?}"
+    );
     for d in &taken {
         assert!(
             disclosed_ids.contains(&key_of(d)),
