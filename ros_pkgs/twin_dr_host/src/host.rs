@@ -1003,7 +1003,7 @@ fn apply(
             .map_err(|e| ("undecodable", e.to_string()))
             .and_then(|i| {
                 twin.on_vehicle_incident(&i, now_us() as f64 * 1e-6)
-                    .map_err(|e| (e.reason(), e.to_string()))
+                    .map_err(|e| ("invalid_incident", e.to_string()))
             })
             .map(|_| Applied::Nothing)
     } else if t == SharingPolicy::TYPE_NAME {

@@ -185,16 +185,25 @@ fn host_wakes_a_twin_that_fuses_plans_and_goes_dormant() {
     );
     assert!(advice.windows(2).all(|w| w[1].sequence > w[0].sequence));
 
-    // A message of a type the twin does not take is refused and counted; the twin goes on.
+    // A message of a type the twin does not take is refused and counted, so is an incident
+    // report without an id; the twin goes on.
     pe.send(to_link(
         "odd",
         Priority::Info,
+        &RegionalTraffic::default(),
+        now_us(),
+    ))
+    .unwrap();
+    pe.send(to_link(
+        "incident",
+        Priority::Hazard,
         &Incident::default(),
         now_us(),
     ))
     .unwrap();
-    wait_for("the refusal to be counted", Duration::from_secs(5), || {
+    wait_for("the refusals to be counted", Duration::from_secs(5), || {
         run.metric("twinlink_dr_rejected_total{reason=\"unknown_type\"}") >= 1.0
+            && run.metric("twinlink_dr_rejected_total{reason=\"invalid_incident\"}") >= 1.0
     });
 
     let doc = run.json("/twins/veh-1");
