@@ -192,42 +192,14 @@ pub async fn run(
                         continue;
                     }
                 };
-                let source = input.source.as_str();
-                match agg.add_incident(&input.tile, input.incident, input.source, now_us()) {
-                    Ok(_) => {
-                        metrics.incidents_added.get_or_create(&vec![("source", source.to_string())]).inc();
-                    }
-                    Err(refusal) => {
-                        metrics.incidents_refused
-                            .get_or_create(&vec![("reason", refusal.reason.as_str().to_string())])
-                            .inc();
-                        if let Some(held_back) = limiter.admit("incident", Instant::now()) {
-                            warn!(source, tile = input.tile.as_str(), reason = %refusal.reason,
-                                detail = %refusal.detail, held_back, "DENM incident refused");
-                        }
-                    }
-                }
+                add_outside_incident(&mut agg, &metrics, &mut limiter, input);
             }
             input = incidents.recv(), if feed_open => {
                 let Some(input) = input else {
                     feed_open = false;
                     continue;
                 };
-                let source = input.source.as_str();
-                match agg.add_incident(&input.tile, input.incident, input.source, now_us()) {
-                    Ok(_) => {
-                        metrics.incidents_added.get_or_create(&vec![("source", source.to_string())]).inc();
-                    }
-                    Err(refusal) => {
-                        metrics.incidents_refused
-                            .get_or_create(&vec![("reason", refusal.reason.as_str().to_string())])
-                            .inc();
-                        if let Some(held_back) = limiter.admit("incident", Instant::now()) {
-                            warn!(source, tile = input.tile.as_str(), reason = %refusal.reason,
-                                detail = %refusal.detail, held_back, "outside incident refused");
-                        }
-                    }
-                }
+                add_outside_incident(&mut agg, &metrics, &mut limiter, input);
             }
             query = traffic_queries.recv_async() => {
                 let Ok(query) = query else { break };
@@ -246,6 +218,35 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("closing the zenoh session: {e}"))?;
     Ok(())
+}
+
+/// Adds an incident from outside the census (a DENM, the incident feed) to its tile,
+/// counting it as added by source or refused by reason.
+fn add_outside_incident(
+    agg: &mut Aggregator,
+    metrics: &RegionMetrics,
+    limiter: &mut LogLimiter,
+    input: IncidentInput,
+) {
+    let source = input.source.as_str();
+    match agg.add_incident(&input.tile, input.incident, input.source, now_us()) {
+        Ok(_) => {
+            metrics
+                .incidents_added
+                .get_or_create(&vec![("source", source.to_string())])
+                .inc();
+        }
+        Err(refusal) => {
+            metrics
+                .incidents_refused
+                .get_or_create(&vec![("reason", refusal.reason.as_str().to_string())])
+                .inc();
+            if let Some(held_back) = limiter.admit("incident", Instant::now()) {
+                warn!(source, tile = input.tile.as_str(), reason = %refusal.reason,
+                    detail = %refusal.detail, held_back, "outside incident refused");
+            }
+        }
+    }
 }
 
 /// Puts closed windows' tiles and keeps the newest per key for queries.
