@@ -27,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,9 @@ use twinlink_msgs::twin_msgs::msg::{
     Incident, PerceptionSummary, RegionalTraffic, SharingPolicy, VehicleState,
 };
 use twinlink_msgs::Message as _;
-use twinlink_share::{Verified, Verifier};
+use twinlink_share::{
+    DataName, Rotation, RotationConfig, SignedQuery, TileName, Verified, Verifier,
+};
 
 use crate::admin::{self, AdminRequest};
 use crate::audit::{AuditConfig, AuditLog, Kind};
@@ -160,6 +162,7 @@ impl LogBudget {
 enum DrCommand {
     Regional(Arc<RegionalTraffic>),
     Relayed(Arc<Verified>),
+    Answer(Arc<QueryToAnswer>),
     Status(oneshot::Sender<Value>),
     Shutdown,
 }
@@ -179,6 +182,23 @@ struct Slot {
     applying: Arc<AtomicU64>,
     /// A message that made the twin panic: quarantined when it arrives again.
     poison: Option<u64>,
+    /// Whether the twin shares any hazard now (set by its task): only those are asked to
+    /// answer other twins' queries.
+    sharing: Arc<AtomicBool>,
+}
+
+/// Another twin's verified query, passed to each active twin that shares hazards; the
+/// query is answered (its final reply sent) when the last twin drops it.
+struct QueryToAnswer {
+    query: zenoh::query::Query,
+    /// What is asked for (the signed name, equal to the key asked).
+    name: DataName,
+    /// How the querier relates to this host's fleet.
+    audience: twinlink_share::Audience,
+    /// The querier's fleet and pseudonym (for the audit log).
+    fleet: String,
+    pseudonym: String,
+    query_id: u64,
 }
 
 /// `Slot::applying` between messages.
@@ -192,6 +212,9 @@ struct Shared {
     store: Store,
     writer: WriterHandle,
     metrics: Arc<HostMetrics>,
+    /// The tiles each active twin wants hazards from (its vehicle lets it fetch on its
+    /// own): the host queries their union now and then.
+    fetch: std::sync::Mutex<HashMap<Arc<str>, Vec<TileName>>>,
 }
 
 /// Runs a host until `shutdown` resolves. Reports the admin endpoint's address through
@@ -252,6 +275,8 @@ pub async fn run(
     let relay_queued = Arc::new(AtomicU64::new(0));
     let mut verifier: Option<Verifier> = None;
     let mut share_subscribers = Vec::new();
+    let (query_tx, mut query_rx) = mpsc::channel::<zenoh::query::Query>(256);
+    let mut queryable = None;
     if let Some(share) = &config.share {
         verifier = Some(
             share
@@ -266,29 +291,35 @@ pub async fn run(
             let subscriber = session
                 .declare_subscriber(key)
                 .callback(move |sample| {
-                    let len = sample.payload().len();
-                    if len > twinlink_share::disclosure::MAX_DISCLOSURE_BYTES {
-                        HostMetrics::count(&m.relay_received, "result", "oversize");
-                        return;
-                    }
-                    if queued.load(Ordering::Relaxed) + len as u64 > MAX_RELAY_QUEUED_BYTES {
-                        HostMetrics::count(&m.relay_received, "result", "overflow");
-                        return;
-                    }
-                    let item = (
-                        sample.key_expr().to_string(),
-                        sample.payload().to_bytes().into_owned(),
-                    );
-                    queued.fetch_add(len as u64, Ordering::Relaxed);
-                    if tx.try_send(item).is_err() {
-                        queued.fetch_sub(len as u64, Ordering::Relaxed);
-                        HostMetrics::count(&m.relay_received, "result", "overflow");
-                    }
+                    enqueue_disclosure(
+                        &tx,
+                        &queued,
+                        &m,
+                        sample.key_expr().as_str(),
+                        &sample.payload().to_bytes(),
+                    )
                 })
                 .await
                 .map_err(|e| z("share subscriber", e))?;
             share_subscribers.push(subscriber);
         }
+        // Other twins' queries, for any tile: answered by this host's twins that share
+        // hazards there, each for the querier's audience.
+        let (tx, m) = (query_tx.clone(), metrics.clone());
+        queryable = Some(
+            session
+                .declare_queryable(keys::any_share(SHARE_CATEGORY)?)
+                .callback(move |query| {
+                    let len = query.payload().map_or(0, |p| p.len());
+                    if len > twinlink_share::disclosure::MAX_QUERY_BYTES {
+                        HostMetrics::count(&m.queries_received, "result", "oversize");
+                    } else if tx.try_send(query).is_err() {
+                        HostMetrics::count(&m.queries_received, "result", "overflow");
+                    }
+                })
+                .await
+                .map_err(|e| z("share queryable", e))?,
+        );
         info!(
             fleet = share.identity.issuer.fleet_id(),
             tiles = tiles.len(),
@@ -302,7 +333,9 @@ pub async fn run(
         store,
         writer: writer.handle(),
         metrics: metrics.clone(),
+        fetch: std::sync::Mutex::new(HashMap::new()),
     });
+    let mut fetching = Fetching::new(relay_tx.clone(), relay_queued.clone());
     let mut slots: HashMap<String, Slot> = HashMap::new();
     let mut tasks: JoinSet<(String, Box<Twin>)> = JoinSet::new();
     let mut task_vehicle: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -318,6 +351,7 @@ pub async fn run(
     let mut present: HashSet<String> = HashSet::new();
     let mut retry_tick = tokio::time::interval(Duration::from_millis(500));
     let mut relay_log = LogBudget::new();
+    let mut fetch_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -329,6 +363,12 @@ pub async fn run(
                 }
                 if let Some(verifier) = verifier.as_mut() {
                     verifier.purge(now_us());
+                }
+            }
+            _ = fetch_tick.tick() => fetching.query_due(&shared),
+            Some(query) = query_rx.recv() => {
+                if let Some(verifier) = verifier.as_mut() {
+                    query_in(&shared, &slots, verifier, query, &mut relay_log);
                 }
             }
             Some((key, bytes)) = relay_rx.recv() => {
@@ -408,6 +448,7 @@ pub async fn run(
     // already); they hold the store writer's queue open until then.
     tasks.shutdown().await;
     drop(share_subscribers);
+    drop(queryable);
     drop(shared);
     writer.stop();
     let _ = session.close().await;
@@ -506,6 +547,7 @@ fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanSta
                         backoff_until: None,
                         applying: Arc::new(AtomicU64::new(NOT_APPLYING)),
                         poison: None,
+                        sharing: Arc::new(AtomicBool::new(false)),
                     },
                 );
                 shared.metrics.provisioned.set(slots.len() as i64);
@@ -551,6 +593,7 @@ fn activate(
         twin,
         rx,
         slot.applying.clone(),
+        slot.sharing.clone(),
         slot.poison,
     ));
     task_vehicle.insert(handle.id(), vehicle.to_string());
@@ -589,6 +632,294 @@ fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, payload: &
             }
         }
     }
+}
+
+/// Queues one disclosure heard on the share key space (published, or a reply to the
+/// host's query) for verification, within the byte bound; what does not fit is counted.
+fn enqueue_disclosure(
+    tx: &mpsc::Sender<(String, Vec<u8>)>,
+    queued: &AtomicU64,
+    metrics: &HostMetrics,
+    key: &str,
+    payload: &[u8],
+) {
+    let len = payload.len();
+    if len > twinlink_share::disclosure::MAX_DISCLOSURE_BYTES {
+        HostMetrics::count(&metrics.relay_received, "result", "oversize");
+        return;
+    }
+    if queued.load(Ordering::Relaxed) + len as u64 > MAX_RELAY_QUEUED_BYTES {
+        HostMetrics::count(&metrics.relay_received, "result", "overflow");
+        return;
+    }
+    queued.fetch_add(len as u64, Ordering::Relaxed);
+    if tx.try_send((key.to_string(), payload.to_vec())).is_err() {
+        queued.fetch_sub(len as u64, Ordering::Relaxed);
+        HostMetrics::count(&metrics.relay_received, "result", "overflow");
+    }
+}
+
+/// How often a tile that a fetching twin wants is asked again.
+const QUERY_PERIOD: Duration = Duration::from_secs(5);
+/// How long the host waits for the replies to one query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an active twin tells the host which tiles it wants.
+const INTEREST_PERIOD: Duration = Duration::from_secs(1);
+
+/// An active twin's wish for hazards ahead, as last told to the host.
+#[derive(Default)]
+struct FetchInterest {
+    last: Option<Instant>,
+    told: Vec<TileName>,
+}
+
+impl FetchInterest {
+    /// Every [`INTEREST_PERIOD`]: the tiles ahead of the vehicle if it lets its twin fetch
+    /// on its own (none otherwise), recorded for the host when they changed.
+    fn update(&mut self, shared: &Shared, twin: &Twin, vehicle: &Arc<str>) {
+        let Some(share) = &shared.config.share else {
+            return;
+        };
+        if self.last.is_some_and(|t| t.elapsed() < INTEREST_PERIOD) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let tiles = twin.fetch_tiles(now_us() as f64 * 1e-6, &share.identity.grid);
+        if tiles == self.told {
+            return;
+        }
+        let mut fetch = shared.fetch.lock().unwrap_or_else(|e| e.into_inner());
+        if tiles.is_empty() {
+            fetch.remove(vehicle);
+        } else {
+            fetch.insert(vehicle.clone(), tiles.clone());
+        }
+        self.told = tiles;
+    }
+}
+
+/// The host's side of fetching: it asks, by name, for the hazards in the tiles its
+/// fetching twins want, signed with a pseudonym of its own fleet (so that twins whose
+/// rules allow `SAME_FLEET` answer it), and verifies the replies like any disclosure.
+struct Fetching {
+    rotation: Option<Rotation>,
+    asked: HashMap<TileName, Instant>,
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    queued: Arc<AtomicU64>,
+}
+
+impl Fetching {
+    fn new(tx: mpsc::Sender<(String, Vec<u8>)>, queued: Arc<AtomicU64>) -> Self {
+        Fetching {
+            rotation: Rotation::new(RotationConfig::default()).ok(),
+            asked: HashMap::new(),
+            tx,
+            queued,
+        }
+    }
+
+    /// Sends a query for every wanted tile not asked within [`QUERY_PERIOD`] (a tile a
+    /// twin wants for the first time is asked at once: a twin that joins late learns what
+    /// is already known).
+    fn query_due(&mut self, shared: &Arc<Shared>) {
+        let (Some(share), Some(rotation)) = (&shared.config.share, self.rotation.as_mut()) else {
+            return;
+        };
+        let wanted: std::collections::BTreeSet<TileName> = shared
+            .fetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        self.asked.retain(|t, _| wanted.contains(t));
+        for tile in wanted {
+            if self
+                .asked
+                .get(&tile)
+                .is_some_and(|t| t.elapsed() < QUERY_PERIOD)
+            {
+                continue;
+            }
+            self.asked.insert(tile, Instant::now());
+            let now = now_us();
+            let name = DataName::new(twinlink_share::Category::Hazards, tile);
+            let query = match rotation.current(&share.identity.issuer, now) {
+                Ok(credential) => SignedQuery::new(name, credential, now),
+                Err(e) => {
+                    HostMetrics::count(&shared.metrics.queries_sent, "result", "signing_failed");
+                    warn!(error = %e, "no pseudonym to sign a query with");
+                    return;
+                }
+            };
+            let Ok(key) = keys::RegionTile::new(&tile.to_string())
+                .and_then(|t| keys::share(SHARE_CATEGORY, &t))
+            else {
+                continue;
+            };
+            let (shared, tx, queued) = (shared.clone(), self.tx.clone(), self.queued.clone());
+            tokio::spawn(async move {
+                let m = &shared.metrics;
+                let replies = match shared
+                    .session
+                    .get(key)
+                    .payload(query.to_bytes())
+                    .target(zenoh::query::QueryTarget::All)
+                    .consolidation(zenoh::query::ConsolidationMode::None)
+                    .timeout(QUERY_TIMEOUT)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        HostMetrics::count(&m.queries_sent, "result", "failed");
+                        warn!(error = %e, "sending a query failed");
+                        return;
+                    }
+                };
+                HostMetrics::count(&m.queries_sent, "result", "sent");
+                while let Ok(reply) = replies.recv_async().await {
+                    match reply.result() {
+                        Ok(sample) => {
+                            HostMetrics::count(&m.query_replies, "result", "received");
+                            enqueue_disclosure(
+                                &tx,
+                                &queued,
+                                m,
+                                sample.key_expr().as_str(),
+                                &sample.payload().to_bytes(),
+                            );
+                        }
+                        Err(_) => HostMetrics::count(&m.query_replies, "result", "error"),
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Another twin's query: verified once (signature, certificate chain, trust, freshness,
+/// replay; the signed name must be the key asked), then passed to every active twin that
+/// shares hazards, which answers for the querier's audience. Every refusal is counted.
+fn query_in(
+    shared: &Shared,
+    slots: &HashMap<String, Slot>,
+    verifier: &mut Verifier,
+    query: zenoh::query::Query,
+    log: &mut LogBudget,
+) {
+    let refuse = |log: &mut LogBudget, reason: &str, text: String| {
+        HostMetrics::count(&shared.metrics.queries_received, "result", reason);
+        if log.allow("(query)") {
+            warn!(key = %query.key_expr(), reason, "query refused: {text}");
+        }
+    };
+    let Some(bytes) = query
+        .payload()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_bytes().into_owned())
+    else {
+        return refuse(log, "unsigned", "a query without a signed payload".into());
+    };
+    let (asked, origin) = match verifier.verify_query(&bytes, now_us()) {
+        Ok(v) => v,
+        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    };
+    let name = match (
+        asked.data_name(),
+        keys::share_name_of(query.key_expr().as_str()),
+    ) {
+        (Some(name), Some((category, tile)))
+            if name.category.name() == category && name.tile.to_string() == tile.as_str() =>
+        {
+            name
+        }
+        _ => {
+            return refuse(
+                log,
+                "name_mismatch",
+                format!(
+                    "signed for {:?} but asked on {}",
+                    asked.name,
+                    query.key_expr()
+                ),
+            )
+        }
+    };
+    HostMetrics::count(&shared.metrics.queries_received, "result", "answered");
+    let job = Arc::new(QueryToAnswer {
+        name,
+        audience: origin.audience,
+        fleet: origin.fleet_id,
+        pseudonym: origin.pseudonym,
+        query_id: asked.id,
+        query,
+    });
+    for slot in slots.values() {
+        if let SlotState::Active(tx) = &slot.state {
+            if slot.sharing.load(Ordering::Relaxed) {
+                let _ = tx.send(DrCommand::Answer(job.clone()));
+            }
+        }
+    }
+}
+
+/// Answers another twin's query with what this twin may disclose to it: each disclosure
+/// is replied to the querier alone and recorded in the audit log with the querier's
+/// fleet, pseudonym and query id; a denial is recorded as for publications.
+async fn answer_query(
+    shared: &Shared,
+    twin: &mut Twin,
+    job: &QueryToAnswer,
+    audit: &mut AuditLog,
+) -> anyhow::Result<()> {
+    let Some(share) = &shared.config.share else {
+        return Ok(());
+    };
+    let now = now_us();
+    for outcome in twin.answer(&job.name, job.audience, &share.identity.issuer, now) {
+        match outcome {
+            Outcome::Disclosed(d) => {
+                let tile = keys::RegionTile::new(&d.name.tile.to_string())?;
+                let key = keys::share(d.name.category.name(), &tile)?;
+                audit.append(
+                    Kind::Disclosure,
+                    json!({"direction": "out", "name": d.name.to_string(), "audience": d.audience.as_str(),
+                           "via": "query", "to_fleet": job.fleet, "to_pseudonym": job.pseudonym,
+                           "query_id": job.query_id, "pseudonym": d.pseudonym,
+                           "disclosure_id": d.disclosure_id, "hazard": d.hazard_id,
+                           "disclosed_as": d.disclosed_id, "precision_m": d.precision_m.to_string(),
+                           "at_us": now}),
+                    &d.bytes,
+                )?;
+                let result = match job.query.reply(key, d.bytes).await {
+                    Ok(()) => "answered",
+                    Err(e) => {
+                        warn!(vehicle = twin.vehicle(), error = %e, "replying to a query failed");
+                        "reply_failed"
+                    }
+                };
+                HostMetrics::count(&shared.metrics.disclosures, "result", result);
+            }
+            Outcome::Denied {
+                hazard_id,
+                reason,
+                repeated,
+            } => {
+                HostMetrics::count(&shared.metrics.disclosures, "result", reason);
+                if !repeated {
+                    audit.append(
+                        Kind::Disclosure,
+                        json!({"direction": "out", "decision": "denied", "reason": reason,
+                               "category": SHARE_CATEGORY, "hazard": hazard_id, "via": "query",
+                               "audience": job.audience.as_str(), "at_us": now}),
+                        b"",
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One disclosure from the share key space: verified once (signature, certificate chain,
@@ -727,6 +1058,7 @@ async fn run_twin(
     mut twin: Box<Twin>,
     mut commands: mpsc::UnboundedReceiver<DrCommand>,
     applying: Arc<AtomicU64>,
+    sharing: Arc<AtomicBool>,
     poison: Option<u64>,
 ) -> (String, Box<Twin>) {
     let vehicle = material.vehicle.to_string();
@@ -736,9 +1068,18 @@ async fn run_twin(
         &mut twin,
         &mut commands,
         &applying,
+        &sharing,
         poison,
     );
-    match run.await {
+    let result = run.await;
+    // A dormant twin neither answers nor asks.
+    sharing.store(false, Ordering::Relaxed);
+    shared
+        .fetch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(vehicle.as_str());
+    match result {
         Ok(()) => {}
         Err(e) => {
             shared.metrics.reject("activation_failed");
@@ -754,6 +1095,7 @@ async fn twin_loop(
     twin: &mut Twin,
     commands: &mut mpsc::UnboundedReceiver<DrCommand>,
     applying: &AtomicU64,
+    sharing: &AtomicBool,
     poison: Option<u64>,
 ) -> anyhow::Result<()> {
     let c = &shared.config;
@@ -802,6 +1144,7 @@ async fn twin_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut log_budget = LogBudget::new();
     let mut census = CensusState::default();
+    let mut interest = FetchInterest::default();
     loop {
         tokio::select! {
             event = link.recv() => {
@@ -858,6 +1201,7 @@ async fn twin_loop(
                         }
                         applying.store(NOT_APPLYING, Ordering::Relaxed);
                         share_out(shared, twin, &mut audit).await?;
+                        sharing.store(twin.sharing().active() > 0, Ordering::Relaxed);
                         sync_deferred(shared, &mut audit)?;
                     }
                     LinkEvent::PeerUp { .. } => {
@@ -881,6 +1225,9 @@ async fn twin_loop(
                     Some(DrCommand::Relayed(verified)) => {
                         relay_to_vehicle(shared, twin, &verified, &mut audit, &mut link)?;
                     }
+                    Some(DrCommand::Answer(query)) => {
+                        answer_query(shared, twin, &query, &mut audit).await?;
+                    }
                     Some(DrCommand::Status(reply)) => {
                         let stats = Some(serde_json::to_value(link.stats()).unwrap_or(Value::Null));
                         let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));
@@ -891,7 +1238,9 @@ async fn twin_loop(
             _ = tick.tick() => {
                 durable.take(&mut durable_rx, &mut audit, &mut link, true)?;
                 share_out(shared, twin, &mut audit).await?;
+                sharing.store(twin.sharing().active() > 0, Ordering::Relaxed);
                 census.contribute(shared, twin, &mut audit).await?;
+                interest.update(shared, twin, &vehicle);
                 if !peer_alive && gone_since.elapsed() >= c.idle_after {
                     break;
                 }

@@ -19,6 +19,9 @@
 //! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |
 //! | `twinlink_dr_relay_delivered_total` | counter | | relayed observations sent to a vehicle |
 //! | `twinlink_dr_census_total` | counter | `result` | census samples: `sent`, or why not (`no_rule`, `revoked`, `stale_state`, `off_route`, ...) |
+//! | `twinlink_dr_queries_received_total` | counter | `result` | other twins' queries for shared data: `answered` (verified and passed to the twins that share) or why refused (`bad_signature`, `replayed`, `unknown_authority`, `name_mismatch`, `oversize`, ...) |
+//! | `twinlink_dr_queries_sent_total` | counter | `result` | the host's queries for hazards ahead of its fetching twins: `sent`, `failed`, `signing_failed` |
+//! | `twinlink_dr_query_replies_total` | counter | `result` | replies to the host's queries: `received` (then verified like any disclosure), `error` |
 
 use std::sync::Arc;
 
@@ -69,6 +72,12 @@ pub struct HostMetrics {
     pub relay_delivered: Counter,
     /// Census samples, by result.
     pub census: Family<Labels, Counter>,
+    /// Other twins' queries received, by result.
+    pub queries_received: Family<Labels, Counter>,
+    /// The host's own queries, by result.
+    pub queries_sent: Family<Labels, Counter>,
+    /// Replies to the host's queries, by result.
+    pub query_replies: Family<Labels, Counter>,
 }
 
 impl HostMetrics {
@@ -94,6 +103,9 @@ impl HostMetrics {
             relay_ignored: Family::default(),
             relay_delivered: Counter::default(),
             census: Family::default(),
+            queries_received: Family::default(),
+            queries_sent: Family::default(),
+            query_replies: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +188,21 @@ impl HostMetrics {
             "census",
             "Census samples: sent, or why not",
             m.census.clone(),
+        );
+        registry.register(
+            "queries_received",
+            "Other twins' queries for shared data: answered, or why refused",
+            m.queries_received.clone(),
+        );
+        registry.register(
+            "queries_sent",
+            "Queries for hazards ahead of the host's fetching twins, by result",
+            m.queries_sent.clone(),
+        );
+        registry.register(
+            "query_replies",
+            "Replies to the host's queries, by result",
+            m.query_replies.clone(),
         );
         Arc::new(HostMetrics { registry, ..m })
     }

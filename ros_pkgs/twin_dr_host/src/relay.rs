@@ -143,22 +143,44 @@ pub const ROUTE_MARGIN_M: f64 = 300.0;
 /// The tiles that `road` passes through, and those within `margin_m` of it: the names a
 /// host subscribes to for its twins' routes.
 pub fn route_tiles(road: &Road, grid: &TileGrid, margin_m: f64) -> Vec<TileName> {
+    tiles_between(road, grid, 0.0, road.length(), margin_m)
+}
+
+/// The tiles that the stretch `from_s..=to_s` of `road` (clamped to the road) passes
+/// through, and those within `margin_m` of it, in grid order.
+pub fn tiles_between(
+    road: &Road,
+    grid: &TileGrid,
+    from_s: f64,
+    to_s: f64,
+    margin_m: f64,
+) -> Vec<TileName> {
     let mut tiles = std::collections::BTreeSet::new();
-    let step = 50.0_f64.min(road.length().max(1.0));
+    let (from, to) = (
+        from_s.clamp(0.0, road.length()),
+        to_s.clamp(0.0, road.length()),
+    );
+    if from.is_nan() || to.is_nan() || from > to {
+        return Vec::new();
+    }
+    let step = 50.0_f64.min((to - from).max(1.0));
     let lanes = road.lanes() as i32;
-    let mut s = 0.0;
+    let mut s = from;
     loop {
         for lane in [0, lanes - 1] {
             let (x, y, _) = road.to_map(s, road.lane_center(lane));
             tiles.extend(grid.tiles_near(x, y, margin_m));
         }
-        if s >= road.length() {
+        if s >= to {
             break;
         }
-        s = (s + step).min(road.length());
+        s = (s + step).min(to);
     }
     tiles.into_iter().collect()
 }
+
+/// How far ahead of its vehicle a twin that may fetch asks other twins for hazards [m].
+pub const FETCH_AHEAD_M: f64 = 2_000.0;
 
 /// One disclosure ready to leave the twin.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +203,9 @@ pub struct Outgoing {
     pub precision_m: f32,
     /// The hazard as disclosed (coarsened, its disclosed id).
     pub incident: Incident,
+    /// Whom it was decided for: [`Audience::Unknown`] for publications, the querier's
+    /// relation for an answer.
+    pub audience: Audience,
 }
 
 /// What the consent made of one hazard.
@@ -244,8 +269,8 @@ pub struct TwinSharing {
     active: HashMap<String, Incident>,
     order: VecDeque<String>,
     own_pseudonyms: VecDeque<String>,
-    /// The last denial of each active hazard.
-    denied_last: HashMap<String, &'static str>,
+    /// The last denial of each active hazard, per audience.
+    denied_last: HashMap<(String, Audience), &'static str>,
     /// When each active hazard was last reported (raised or updated) [µs]: the stamp of
     /// its disclosures, so the rule's `max_age` holds for announcements too.
     seen_us: HashMap<String, u64>,
@@ -386,10 +411,10 @@ impl TwinSharing {
         for id in changes.resolved.iter().chain(&changes.expired) {
             if let Some(mut incident) = self.active.remove(id) {
                 self.order.retain(|o| o != id);
-                self.denied_last.remove(id);
+                self.denied_last.retain(|(i, _), _| i != id);
                 self.seen_us.remove(id);
                 incident.expires = ros_time(now_us);
-                out.push(self.disclose(&incident, true, issuer, now_us));
+                out.extend(self.disclose(&incident, true, Audience::Unknown, None, issuer, now_us));
             }
         }
         for incident in changes.new.into_iter().chain(changes.updated) {
@@ -401,12 +426,19 @@ impl TwinSharing {
             while self.order.len() > MAX_SHARED_HAZARDS {
                 if let Some(old) = self.order.pop_front() {
                     self.active.remove(&old);
-                    self.denied_last.remove(&old);
+                    self.denied_last.retain(|(i, _), _| *i != old);
                     self.seen_us.remove(&old);
                 }
             }
             if let Some(incident) = self.active.get(&id).cloned() {
-                out.push(self.disclose(&incident, false, issuer, now_us));
+                out.extend(self.disclose(
+                    &incident,
+                    false,
+                    Audience::Unknown,
+                    None,
+                    issuer,
+                    now_us,
+                ));
             }
         }
         out
@@ -426,17 +458,57 @@ impl TwinSharing {
             .collect();
         incidents
             .iter()
-            .map(|incident| self.disclose(incident, false, issuer, now_us))
+            .filter_map(|incident| {
+                self.disclose(incident, false, Audience::Unknown, None, issuer, now_us)
+            })
             .collect()
     }
 
+    /// Answers a verified query for `name` from a twin related as `audience`: each active
+    /// hazard that could lie in the named tile is decided for that audience (a
+    /// `SAME_FLEET` rule discloses to the own fleet's twins here, never on the open keys);
+    /// what is disclosed under exactly `name` is returned for the reply, denials as for
+    /// publications. Nothing of other categories is shared yet.
+    pub fn answer(
+        &mut self,
+        name: &DataName,
+        audience: Audience,
+        issuer: &PseudonymIssuer,
+        now_us: u64,
+    ) -> Vec<Outcome> {
+        if name.category != Category::Hazards {
+            return Vec::new();
+        }
+        let grid = self.discloser.grid;
+        let candidates: Vec<Incident> = self
+            .order
+            .iter()
+            .filter_map(|id| self.active.get(id))
+            .filter(|i| {
+                grid.tiles_near(i.position.x, i.position.y, ROUTE_MARGIN_M)
+                    .contains(&name.tile)
+            })
+            .cloned()
+            .collect();
+        candidates
+            .iter()
+            .filter_map(|incident| {
+                self.disclose(incident, false, audience, Some(name), issuer, now_us)
+            })
+            .collect()
+    }
+
+    /// Decides, coarsens and seals one hazard for `audience`; `None` when `want` names
+    /// another tile than the coarsened hazard's (a query for a neighbouring tile).
     fn disclose(
         &mut self,
         incident: &Incident,
         withdrawal: bool,
+        audience: Audience,
+        want: Option<&DataName>,
         issuer: &PseudonymIssuer,
         now_us: u64,
-    ) -> Outcome {
+    ) -> Option<Outcome> {
         let mut observation = SharedObservation {
             category: SharedObservation::CATEGORY_HAZARDS,
             hazards: vec![incident.clone()],
@@ -460,25 +532,28 @@ impl TwinSharing {
                 None
             } else {
                 this.denied_last
-                    .insert(incident.incident_id.clone(), reason)
+                    .insert((incident.incident_id.clone(), audience), reason)
             };
-            Outcome::Denied {
+            Some(Outcome::Denied {
                 hazard_id: incident.incident_id.clone(),
                 reason,
                 repeated: before == Some(reason),
-            }
+            })
         };
-        let disclosure =
-            match self
-                .discloser
-                .disclose(issuer, &observation, Audience::Unknown, now_us)
-            {
-                Ok(d) => d,
-                Err(e) => return denied(self, disclose_label(&e)),
-            };
+        let disclosure = match self
+            .discloser
+            .disclose(issuer, &observation, audience, now_us)
+        {
+            Ok(d) => d,
+            Err(e) => return denied(self, disclose_label(&e)),
+        };
         let Ok(tile) = TileName::parse(&disclosure.observation.region_tile) else {
             return denied(self, "bad_tile");
         };
+        let name = DataName::new(Category::Hazards, tile);
+        if want.is_some_and(|w| *w != name) {
+            return None;
+        }
         let Ok(bytes) = disclosure.to_bytes() else {
             return denied(self, "envelope");
         };
@@ -490,9 +565,10 @@ impl TwinSharing {
             }
         }
         self.stats.disclosed += 1;
-        self.denied_last.remove(&incident.incident_id);
-        Outcome::Disclosed(Box::new(Outgoing {
-            name: DataName::new(Category::Hazards, tile),
+        self.denied_last
+            .remove(&(incident.incident_id.clone(), audience));
+        Some(Outcome::Disclosed(Box::new(Outgoing {
+            name,
             hazard_id: incident.incident_id.clone(),
             disclosed_id: disclosure
                 .observation
@@ -511,7 +587,8 @@ impl TwinSharing {
                 .cloned()
                 .unwrap_or_default(),
             bytes,
-        }))
+            audience,
+        })))
     }
 
     /// Whether this twin takes `verified` (see the module docs); the hazards to apply
@@ -634,6 +711,86 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn queries_are_answered_for_the_queriers_audience_and_tile_only() {
+        let (authority, issuer) = fleet();
+        let mut s = sharing();
+        s.set_policy(policy(SharingRule::AUDIENCE_SAME_FLEET, false, 0), T0)
+            .unwrap();
+        // Two hazards: x = 1985 lies in tile 1_0 but within reach of 2_0's queries; x = 3500
+        // is far from both.
+        let _ = s.on_changes(new_hazard("h1", 1985.0), &issuer, T0);
+        let _ = s.on_changes(new_hazard("h2", 3500.0), &issuer, T0);
+        let name: DataName = "hazards/1_0".parse().unwrap();
+        let out = s.answer(&name, Audience::SameFleet, &issuer, T0 + 1);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Outcome::Disclosed(d) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(d.name, name);
+        assert_eq!(d.audience, Audience::SameFleet);
+        assert_eq!(d.hazard_id, "h1");
+        let mut verifier =
+            Verifier::new("fleet-a", authority.public_key(), VerifierConfig::default()).unwrap();
+        verifier.verify(&d.bytes, T0 + 1000).unwrap();
+        // A neighbouring tile's query: h1 is a candidate but its name is 1_0: no reply, and
+        // nothing counted as a denial.
+        let denied_before = s.stats().denied.values().sum::<u64>();
+        let next: DataName = "hazards/2_0".parse().unwrap();
+        assert!(s
+            .answer(&next, Audience::SameFleet, &issuer, T0 + 2)
+            .is_empty());
+        assert_eq!(s.stats().denied.values().sum::<u64>(), denied_before);
+        // Another fleet's twin: refused, recorded once, then as repeats.
+        let first = s.answer(&name, Audience::OtherFleet, &issuer, T0 + 3);
+        assert_eq!(
+            first,
+            vec![Outcome::Denied {
+                hazard_id: "h1".into(),
+                reason: "other_fleet",
+                repeated: false
+            }]
+        );
+        let again = s.answer(&name, Audience::OtherFleet, &issuer, T0 + 4);
+        assert!(matches!(again[0], Outcome::Denied { repeated: true, .. }));
+        // Other categories are not answered.
+        let objects: DataName = "objects/1_0".parse().unwrap();
+        assert!(s
+            .answer(&objects, Audience::SameFleet, &issuer, T0 + 5)
+            .is_empty());
+        // A withdrawn hazard is not answered any more.
+        let _ = s.on_changes(
+            HazardChanges {
+                resolved: vec!["h1".into()],
+                ..Default::default()
+            },
+            &issuer,
+            T0 + 6,
+        );
+        assert!(s
+            .answer(&name, Audience::SameFleet, &issuer, T0 + 7)
+            .is_empty());
+    }
+
+    #[test]
+    fn tiles_between_cover_the_stretch_and_its_margin() {
+        let road = Road::straight(20_000.0, 3, 33.3).unwrap();
+        let grid = TileGrid::default();
+        let tiles = tiles_between(&road, &grid, 1_000.0, 3_000.0, ROUTE_MARGIN_M);
+        let names: Vec<String> = tiles.iter().map(|t| t.to_string()).collect();
+        for want in ["0_0", "1_0", "2_0", "3_0"] {
+            assert!(names.contains(&want.to_string()), "{names:?}");
+        }
+        assert!(!names.contains(&"4_0".to_string()), "{names:?}");
+        assert!(!names.contains(&"5_0".to_string()), "{names:?}");
+        // Clamped to the road; nothing for an empty or reversed stretch.
+        assert!(tiles_between(&road, &grid, 3_000.0, 1_000.0, 0.0).is_empty());
+        assert!(tiles_between(&road, &grid, f64::NAN, 1_000.0, 0.0).is_empty());
+        let end = tiles_between(&road, &grid, 19_900.0, 25_000.0, 0.0);
+        let end: Vec<String> = end.iter().map(|t| t.to_string()).collect();
+        assert_eq!(end, ["19_0", "20_0"], "up to the road's end at x = 20000");
     }
 
     #[test]

@@ -500,6 +500,39 @@ impl Twin {
         out
     }
 
+    /// Answers another twin's verified query for `name` (see [`TwinSharing::answer`]).
+    pub fn answer(
+        &mut self,
+        name: &twinlink_share::DataName,
+        audience: twinlink_share::Audience,
+        issuer: &PseudonymIssuer,
+        now_us: u64,
+    ) -> Vec<Outcome> {
+        self.sharing.answer(name, audience, issuer, now_us)
+    }
+
+    /// The tiles whose hazards this twin wants from other twins at `now` [s]: those along
+    /// the next [`crate::relay::FETCH_AHEAD_M`] of the route ahead of its vehicle (and
+    /// [`crate::relay::ROUTE_MARGIN_M`] beside it). Empty unless the vehicle lets its twin
+    /// fetch on its own and its position is known.
+    pub fn fetch_tiles(&self, now: f64, grid: &TileGrid) -> Vec<twinlink_share::TileName> {
+        if !self.sharing.consent().may_fetch_autonomously() {
+            return Vec::new();
+        }
+        let Some(e) = self.ego.estimate(now) else {
+            return Vec::new();
+        };
+        let road = self.world.road();
+        let s = road.to_frenet(e.x, e.y).s;
+        crate::relay::tiles_between(
+            road,
+            grid,
+            s,
+            s + crate::relay::FETCH_AHEAD_M,
+            crate::relay::ROUTE_MARGIN_M,
+        )
+    }
+
     /// Takes another twin's verified disclosure, if the vehicle lets its twin fetch from
     /// others: its hazards that lie on this vehicle's route go into the world model as
     /// relayed (a withdrawal removes the hazard). Returns the observation with only those

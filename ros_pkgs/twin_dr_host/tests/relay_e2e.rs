@@ -478,6 +478,8 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
                     .is_some_and(|n| n.starts_with("hazards/"))
         })
         .collect();
+    // Published, not answered to veh-1's twin's queries (replies go to the querier only).
+    let published: Vec<&&Value> = disclosed.iter().filter(|d| d["via"].is_null()).collect();
     // veh-2's twin recorded its census contributions too (once per window).
     assert!(disclosures(&out2, "out")
         .iter()
@@ -489,8 +491,9 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
         )
     };
     let disclosed_ids: HashSet<_> = disclosed.iter().map(|d| key_of(d)).collect();
+    let published_ids: HashSet<_> = published.iter().map(|d| key_of(d)).collect();
     assert!(
-        disclosed_ids.is_subset(&heard_ids),
+        published_ids.is_subset(&heard_ids),
         "what the twins recorded disclosing is what went on the wire"
     );
     let taken = audit_records(&run, "veh-1");
@@ -527,4 +530,236 @@ fn permitted_hazards_reach_vehicles_along_the_route_and_nothing_else_leaves() {
     assert!(disclosures(&out4, "out")
         .iter()
         .any(|d| d["reason"] == "grant_expired"));
+}
+
+/// A host's sharing arguments: an issuer of `authority`'s fleet certified by it, and the
+/// trust anchors of `trusted`.
+fn host_share_args(
+    run: &HostRun,
+    authority: &FleetAuthority,
+    trusted: &[&FleetAuthority],
+) -> Vec<String> {
+    let key = KeyPair::generate();
+    let now = now_us();
+    let cert = authority
+        .certify(key.public_key(), now - 60_000_000, now + DAY_US)
+        .unwrap();
+    let issuer = run.dir.join("host.issuer.key");
+    keyfile::save_issuer(&issuer, &key, &cert, false).unwrap();
+    let mut args = vec!["--issuer-key".to_string(), issuer.display().to_string()];
+    for fleet in trusted {
+        let anchor = run.dir.join(format!("{}.authority.pub", fleet.fleet_id()));
+        keyfile::save_anchor(
+            &anchor,
+            &TrustAnchor {
+                fleet_id: fleet.fleet_id().into(),
+                public_key: fleet.public_key(),
+            },
+            false,
+        )
+        .unwrap();
+        args.extend(["--trust-anchor".to_string(), anchor.display().to_string()]);
+    }
+    args
+}
+
+/// A signed query of `authority`'s fleet for `name`, made now.
+fn signed_query(authority: &FleetAuthority, name: &str) -> Vec<u8> {
+    let key = KeyPair::generate();
+    let now = now_us();
+    let cert = authority
+        .certify(key.public_key(), now - 1_000_000, now + DAY_US)
+        .unwrap();
+    let issuer = PseudonymIssuer::new(key, cert).unwrap();
+    let mut credential = issuer.issue(now - 1_000_000, now + 600_000_000).unwrap();
+    twinlink_share::SignedQuery::new(name.parse().unwrap(), &mut credential, now).to_bytes()
+}
+
+/// The replies a query on `key` with `payload` gets within 2 s.
+fn ask(
+    rt: &tokio::runtime::Runtime,
+    session: &zenoh::Session,
+    key: &str,
+    payload: Vec<u8>,
+) -> usize {
+    rt.block_on(async {
+        let replies = session
+            .get(key)
+            .payload(payload)
+            .timeout(Duration::from_secs(2))
+            .await
+            .unwrap();
+        let mut n = 0;
+        while let Ok(reply) = replies.recv_async().await {
+            if reply.result().is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+#[test]
+fn same_fleet_hazards_reach_only_the_fleets_twins_that_ask_by_name() {
+    let fleet_a = FleetAuthority::new("fleet-a", KeyPair::generate()).unwrap();
+    let fleet_b = FleetAuthority::new("fleet-b", KeyPair::generate()).unwrap();
+    // Host B (fleet a) holds veh-2, whose hazards go to its own fleet only; host A (fleet a)
+    // and host C (fleet b) each hold a vehicle that lets its twin fetch on its own. Every
+    // host trusts both fleets; A and C connect to B.
+    let mut host_b = HostRun::new("query_b");
+    let args_b = host_share_args(&host_b, &fleet_a, &[&fleet_a, &fleet_b]);
+    host_b.start(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut host_a = HostRun::new("query_a");
+    let mut args_a = host_share_args(&host_a, &fleet_a, &[&fleet_a, &fleet_b]);
+    args_a.extend(["--connect".to_string(), host_b.endpoint.clone()]);
+    host_a.start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut host_c = HostRun::new("query_c");
+    let mut args_c = host_share_args(&host_c, &fleet_b, &[&fleet_a, &fleet_b]);
+    args_c.extend(["--connect".to_string(), host_b.endpoint.clone()]);
+    host_c.start(&args_c.iter().map(String::as_str).collect::<Vec<_>>());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // The eavesdropper hears every publication on the share key space.
+    let heard: Heard = Arc::default();
+    let config =
+        twinlink_link::link::zenoh_config("peer", &[], std::slice::from_ref(&host_b.endpoint))
+            .unwrap();
+    let session = rt.block_on(async { zenoh::open(config).await }).unwrap();
+    let sink = heard.clone();
+    let _eavesdropper = rt
+        .block_on(async {
+            session
+                .declare_subscriber("twinlink/v1/share/**")
+                .callback(move |s| {
+                    sink.lock().unwrap().push((
+                        now_us(),
+                        s.key_expr().to_string(),
+                        s.payload().to_bytes().into_owned(),
+                    ))
+                })
+                .await
+        })
+        .unwrap();
+
+    let pe2 = connect(
+        &rt,
+        &host_b,
+        "veh-2",
+        2900.0,
+        Some(policy(Some(SharingRule::AUDIENCE_SAME_FLEET), false, 0)),
+    );
+    wait_for("veh-2's policy", Duration::from_secs(10), || {
+        host_b.json("/twins/veh-2")["sharing"]["policy_version"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    pe2.send(to_link(
+        "incident",
+        Priority::Hazard,
+        &stalled("stall-q", 3000.0),
+        now_us(),
+    ))
+    .unwrap();
+    wait_for("veh-2's hazard", Duration::from_secs(10), || {
+        host_b.json("/twins/veh-2")["sharing"]["shared_hazards"] == 1
+    });
+
+    // The twins that join now learn it by asking: veh-1's of the same fleet does...
+    let mut pe1 = connect(&rt, &host_a, "veh-1", 1000.0, Some(policy(None, true, 0)));
+    let mut pe9 = connect(&rt, &host_c, "veh-9", 1000.0, Some(policy(None, true, 0)));
+    let got1 = relayed(&rt, &mut pe1, Duration::from_secs(12), true);
+    assert_eq!(
+        got1.len(),
+        1,
+        "veh-1's twin asked tile 3_0 and got veh-2's hazard"
+    );
+    let (_, obs1) = &got1[0];
+    assert_eq!(hazard_xs(obs1), vec![3000.0]);
+    assert_eq!(obs1.region_tile, "3_0");
+    // ...veh-9's of another fleet asks too, and gets nothing.
+    let got9 = relayed(&rt, &mut pe9, Duration::from_secs(6), false);
+    assert!(got9.is_empty(), "veh-9 is of another fleet: {got9:?}");
+    assert!(host_c.metric("twinlink_dr_queries_sent_total{result=\"sent\"}") >= 1.0);
+    assert!(host_b.metric("twinlink_dr_disclosures_total{result=\"other_fleet\"}") >= 1.0);
+
+    // Queries that are not a twin's, or not what they say, get no reply and are counted.
+    let key = "twinlink/v1/share/hazards/3_0";
+    assert_eq!(ask(&rt, &session, key, Vec::new()), 0);
+    assert_eq!(
+        ask(&rt, &session, key, signed_query(&fleet_a, "hazards/5_0")),
+        0
+    );
+    let rogue = FleetAuthority::new("rogue", KeyPair::generate()).unwrap();
+    assert_eq!(
+        ask(&rt, &session, key, signed_query(&rogue, "hazards/3_0")),
+        0
+    );
+    let query_metric = |result: &str| {
+        host_b.metric(&format!(
+            "twinlink_dr_queries_received_total{{result=\"{result}\"}}"
+        ))
+    };
+    for result in ["unsigned", "name_mismatch", "unknown_authority"] {
+        assert!(query_metric(result) >= 1.0, "{result} counted");
+    }
+    assert!(query_metric("answered") >= 2.0);
+    // A genuine query of the fleet gets the hazard, to the querier alone.
+    assert_eq!(
+        ask(&rt, &session, key, signed_query(&fleet_a, "hazards/3_0")),
+        1
+    );
+
+    for pe in [pe1, pe2, pe9] {
+        rt.block_on(pe.close());
+    }
+    rt.block_on(async { session.close().await }).unwrap();
+    for host in [&mut host_a, &mut host_b, &mut host_c] {
+        host.stop();
+    }
+
+    // Nothing of veh-2's hazard was ever published.
+    let mut verifier =
+        Verifier::new("fleet-a", fleet_a.public_key(), VerifierConfig::default()).unwrap();
+    for (at, key, bytes) in heard.lock().unwrap().iter() {
+        if let Ok(v) = verifier.verify(bytes, *at) {
+            assert!(
+                !hazard_xs(&v.observation).contains(&3000.0),
+                "{key}: a same-fleet hazard on the open keys"
+            );
+        }
+    }
+    // Both audits agree: what veh-1's twin took is what veh-2's twin recorded answering
+    // to a query of fleet a; veh-2's twin also recorded refusing fleet b.
+    let out2 = audit_records(&host_b, "veh-2");
+    let out2 = disclosures(&out2, "out");
+    let answered: HashSet<(String, u64)> = out2
+        .iter()
+        .filter(|d| d["via"] == "query" && d["decision"].is_null())
+        .map(|d| {
+            assert_eq!(d["to_fleet"], "fleet-a");
+            assert_eq!(d["audience"], "same_fleet");
+            (
+                d["pseudonym"].as_str().unwrap().to_string(),
+                d["disclosure_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(out2
+        .iter()
+        .any(|d| d["via"] == "query" && d["reason"] == "other_fleet"));
+    assert!(out2
+        .iter()
+        .any(|d| d["via"].is_null() && d["reason"] == "audience_unknown"));
+    let taken = audit_records(&host_a, "veh-1");
+    let taken = disclosures(&taken, "in");
+    assert!(!taken.is_empty());
+    for d in taken {
+        assert_eq!(d["audience"], "same_fleet");
+        let id = (
+            d["pseudonym"].as_str().unwrap().to_string(),
+            d["disclosure_id"].as_u64().unwrap(),
+        );
+        assert!(answered.contains(&id), "{d} was answered by veh-2's twin");
+    }
 }
