@@ -40,6 +40,14 @@ const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "twinctl", about = "Operate twinlink twins", version)]
 struct Cli {
+    /// The operator's token for a DR host's admin endpoint (`twin-dr-host --admin-tokens`).
+    #[arg(
+        long,
+        global = true,
+        env = "TWINLINK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +79,50 @@ enum Command {
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
+    },
+    /// Read or set what a twin may share with other twins (its vehicle's consent).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// The sharing policy in force for a twin: rules, version and who set it.
+    Get {
+        /// The vehicle's id.
+        vehicle: String,
+        /// The host's admin endpoint (`twin-dr-host --admin`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a twin's sharing policy (needs an operator token). Categories without a
+    /// rule are not shared; no rule at all shares nothing.
+    ///
+    /// Example: `twinctl policy set veh-1 --rule hazards:same_fleet:50:30:3600 --fetch`
+    Set {
+        /// The vehicle's id.
+        vehicle: String,
+        /// The host's admin endpoint (`twin-dr-host --admin`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// A rule, `CATEGORY:AUDIENCE:PRECISION_M:MAX_AGE_S[:EXPIRES_IN_S]`; category:
+        /// hazards, objects, traffic; audience: nobody, same_fleet, any_twin (repeatable).
+        #[arg(long, value_name = "RULE", conflicts_with = "file")]
+        rule: Vec<String>,
+        /// Let the twin ask other twins on its own for what its vehicle's route needs.
+        #[arg(long, conflicts_with = "file")]
+        fetch: bool,
+        /// The whole policy as a JSON document (see `twinctl policy get --json`'s `policy`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -164,6 +216,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let token = cli.token.as_deref();
     match cli.command {
         Command::Provision {
             vehicle,
@@ -181,7 +234,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit_verify(&vehicle, &data_dir, public_key.as_deref(), json),
         Command::Dr {
             command: DrCommand::List { admin, json },
-        } => dr_list(&admin, json).map(|()| ExitCode::SUCCESS),
+        } => dr_list(&admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::Policy {
+            command:
+                PolicyCommand::Get {
+                    vehicle,
+                    admin,
+                    json,
+                },
+        } => policy_get(&vehicle, &admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::Policy {
+            command:
+                PolicyCommand::Set {
+                    vehicle,
+                    admin,
+                    rule,
+                    fetch,
+                    file,
+                    json,
+                },
+        } => {
+            let document = match file {
+                Some(path) => read_policy_file(&path)?,
+                None => policy_from_rules(&rule, fetch, std::time::SystemTime::now())?,
+            };
+            policy_set(&vehicle, &admin, token, &document, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Dr {
             command:
                 DrCommand::Status {
@@ -189,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     admin,
                     json,
                 },
-        } => dr_status(&vehicle, &admin, json).map(|()| ExitCode::SUCCESS),
+        } => dr_status(&vehicle, &admin, token, json).map(|()| ExitCode::SUCCESS),
         Command::Fleet {
             command: FleetCommand::Init { fleet, out, force },
         } => fleet_init(&fleet, &out, force).map(|()| ExitCode::SUCCESS),
@@ -281,27 +359,48 @@ fn fleet_certify_host(
     ))
 }
 
-/// GETs `path` from the host's admin endpoint and parses the JSON body.
-fn admin_json(admin: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, body) =
-        twin_dr_host::admin::get(admin, path, std::time::Duration::from_secs(5)).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the DR host's admin endpoint at {admin}: {e} (is twin-dr-host running with --admin {admin}?)"
-            )
-        })?;
+/// Sends `method` to `path` on the host's admin endpoint and parses the JSON answer; a
+/// refusal becomes an error that says what to do.
+fn admin_call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let (code, text) = twin_dr_host::admin::request(
+        method,
+        admin,
+        path,
+        token,
+        body,
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the DR host's admin endpoint at {admin}: {e} (is twin-dr-host running with --admin {admin}?)"
+        )
+    })?;
+    let text = text.trim();
     match code {
-        200 => serde_json::from_str(&body).map_err(|e| {
+        200 => serde_json::from_str(text).map_err(|e| {
             anyhow::anyhow!("the host at {admin} answered {path} with invalid JSON: {e}")
         }),
-        _ => anyhow::bail!(
-            "the host at {admin} answered {path} with {code}: {}",
-            body.trim()
+        401 if token.is_none() => anyhow::bail!(
+            "the host at {admin} needs a token: give --token or set TWINLINK_ADMIN_TOKEN ({text})"
         ),
+        401 => anyhow::bail!("the host at {admin} does not know this token ({text})"),
+        _ => anyhow::bail!("the host at {admin} answered {method} {path} with {code}: {text}"),
     }
 }
 
-fn dr_list(admin: &str, json: bool) -> anyhow::Result<()> {
-    let list = admin_json(admin, "/twins")?;
+/// GETs `path` from the host's admin endpoint and parses the JSON body.
+fn admin_json(admin: &str, path: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    admin_call(admin, "GET", path, token, None)
+}
+
+fn dr_list(admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let list = admin_json(admin, "/twins", token)?;
     if json {
         return emit(&(serde_json::to_string_pretty(&list)? + "\n"));
     }
@@ -342,9 +441,9 @@ fn dr_list(admin: &str, json: bool) -> anyhow::Result<()> {
     emit(&text)
 }
 
-fn dr_status(vehicle: &str, admin: &str, json: bool) -> anyhow::Result<()> {
+fn dr_status(vehicle: &str, admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
     let vehicle = VehicleId::new(vehicle)?;
-    let doc = admin_json(admin, &format!("/twins/{vehicle}"))?;
+    let doc = admin_json(admin, &format!("/twins/{vehicle}"), token)?;
     if json {
         return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
     }
@@ -403,6 +502,170 @@ fn dr_status(vehicle: &str, admin: &str, json: bool) -> anyhow::Result<()> {
         );
     }
     emit(&text)
+}
+
+/// A policy document from `--rule` arguments (`CATEGORY:AUDIENCE:PRECISION_M:MAX_AGE_S
+/// [:EXPIRES_IN_S]`), expiries counted from `now`.
+fn policy_from_rules(
+    rules: &[String],
+    fetch: bool,
+    now: std::time::SystemTime,
+) -> anyhow::Result<twinlink_share::PolicyDocument> {
+    let now_us = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("the clock is before 1970"))?
+        .as_micros() as u64;
+    let rules = rules
+        .iter()
+        .map(|text| {
+            let parts: Vec<&str> = text.split(':').collect();
+            let usage = || {
+                anyhow::anyhow!(
+                    "--rule {text:?}: expected CATEGORY:AUDIENCE:PRECISION_M:MAX_AGE_S[:EXPIRES_IN_S], e.g. hazards:same_fleet:50:30:3600"
+                )
+            };
+            if !(4..=5).contains(&parts.len()) {
+                return Err(usage());
+            }
+            let number = |what: &str, s: &str| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| anyhow::anyhow!("--rule {text:?}: {what} {s:?} is not a number >= 0"))
+            };
+            let expires_at_us = match parts.get(4) {
+                None => 0,
+                Some(s) => {
+                    let seconds = number("EXPIRES_IN_S", s)?;
+                    if seconds == 0.0 {
+                        anyhow::bail!("--rule {text:?}: EXPIRES_IN_S must be positive (leave it out for a grant until revoked)");
+                    }
+                    now_us + (seconds * 1e6) as u64
+                }
+            };
+            Ok(twinlink_share::RuleDocument {
+                category: parts[0].to_string(),
+                audience: parts[1].to_string(),
+                precision_m: number("PRECISION_M", parts[2])? as f32,
+                max_age_s: number("MAX_AGE_S", parts[3])? as f32,
+                expires_at_us,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let document = twinlink_share::PolicyDocument {
+        allow_autonomous_fetch: fetch,
+        rules,
+    };
+    // Names are checked here, values by the twin.
+    document.to_policy()?;
+    Ok(document)
+}
+
+fn read_policy_file(path: &Path) -> anyhow::Result<twinlink_share::PolicyDocument> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let document: twinlink_share::PolicyDocument = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a sharing policy document: {e}", path.display()))?;
+    document
+        .to_policy()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(document)
+}
+
+fn policy_get(vehicle: &str, admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    let doc = admin_json(admin, &format!("/twins/{vehicle}/policy"), token)?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    emit(&format_policy(&doc))
+}
+
+fn policy_set(
+    vehicle: &str,
+    admin: &str,
+    token: Option<&str>,
+    document: &twinlink_share::PolicyDocument,
+    json: bool,
+) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    if token.is_none() {
+        anyhow::bail!(
+            "changing a policy needs an operator token: give --token or set TWINLINK_ADMIN_TOKEN"
+        );
+    }
+    let body = serde_json::to_string(document)?;
+    let doc = admin_call(
+        admin,
+        "PUT",
+        &format!("/twins/{vehicle}/policy"),
+        token,
+        Some(&body),
+    )?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    emit(&format!("policy set.\n{}", format_policy(&doc)))
+}
+
+/// A time in µs since the epoch as RFC 3339 (UTC, seconds).
+fn rfc3339(us: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us))
+        .to_string()
+}
+
+/// A policy document from the host as a table.
+fn format_policy(doc: &serde_json::Value) -> String {
+    let origin = &doc["origin"];
+    let source = origin["source"].as_str().unwrap_or("?");
+    let set = match source {
+        "none" => "nothing set (default deny)".to_string(),
+        "operator" => format!(
+            "set by operator {} at {}",
+            origin["operator"].as_str().unwrap_or("?"),
+            rfc3339(origin["at_us"].as_u64().unwrap_or(0))
+        ),
+        "refused" => "the last policy set was refused: default deny".to_string(),
+        s => format!(
+            "set by the {s} at {}",
+            rfc3339(origin["at_us"].as_u64().unwrap_or(0))
+        ),
+    };
+    let policy = &doc["policy"];
+    let mut text = format!(
+        "sharing policy of {}: version {}, {set}\n  fetch from other twins on its own: {}\n",
+        doc["vehicle"].as_str().unwrap_or("?"),
+        doc["version"],
+        if policy["allow_autonomous_fetch"] == true {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let rules = policy["rules"].as_array().cloned().unwrap_or_default();
+    if rules.is_empty() {
+        text += "  no rules: nothing is shared\n";
+        return text;
+    }
+    text += &format!(
+        "  {:<10} {:<11} {:>10} {:>8}  {}\n",
+        "CATEGORY", "AUDIENCE", "PRECISION", "MAX AGE", "EXPIRES"
+    );
+    for r in rules {
+        let expires = match r["expires_at_us"].as_u64().unwrap_or(0) {
+            0 => "never".to_string(),
+            us => rfc3339(us),
+        };
+        text += &format!(
+            "  {:<10} {:<11} {:>8} m {:>6} s  {}\n",
+            r["category"].as_str().unwrap_or("?"),
+            r["audience"].as_str().unwrap_or("?"),
+            r["precision_m"],
+            r["max_age_s"],
+            expires
+        );
+    }
+    text
 }
 
 fn audit_verify(
@@ -519,4 +782,58 @@ fn provision(vehicle: &str, out: &std::path::Path, force: bool) -> anyhow::Resul
         "copy the PE key to the vehicle and the DR key to its twin's host; both are mode 0600"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_from_the_command_line_become_a_document_or_a_named_error() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let rules = [
+            "hazards:same_fleet:50:30:3600".to_string(),
+            "traffic:any_twin:100:10".to_string(),
+        ];
+        let doc = policy_from_rules(&rules, true, now).unwrap();
+        assert!(doc.allow_autonomous_fetch);
+        assert_eq!(doc.rules[0].audience, "same_fleet");
+        assert_eq!(doc.rules[0].precision_m, 50.0);
+        assert_eq!(doc.rules[0].expires_at_us, 1_800_003_600_000_000);
+        assert_eq!(doc.rules[1].expires_at_us, 0, "no expiry: until revoked");
+        let err = |rule: &str| {
+            policy_from_rules(&[rule.to_string()], false, now)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("hazards:any_twin:10").contains("expected CATEGORY:AUDIENCE"));
+        assert!(err("hazards:any_twin:ten:30").contains("PRECISION_M \"ten\""));
+        assert!(err("hazards:any_twin:10:30:0").contains("EXPIRES_IN_S must be positive"));
+        assert!(err("weather:any_twin:10:30").contains("\"weather\""));
+        assert!(err("hazards:all:10:30").contains("\"all\""));
+        // Nothing at all is a valid policy: nothing shared.
+        assert!(policy_from_rules(&[], false, now).unwrap().rules.is_empty());
+    }
+
+    #[test]
+    fn policies_print_as_a_table() {
+        let doc = serde_json::json!({
+            "vehicle": "veh-1", "version": 3,
+            "origin": {"source": "operator", "operator": "alice", "at_us": 1_800_000_000_000_000u64},
+            "policy": {"allow_autonomous_fetch": true, "rules": [
+                {"category": "hazards", "audience": "same_fleet", "precision_m": 50.0,
+                 "max_age_s": 30.0, "expires_at_us": 0}]}
+        });
+        let text = format_policy(&doc);
+        assert!(
+            text.contains("version 3, set by operator alice at 2027-01-15T08:00:00Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fetch from other twins on its own: yes"),
+            "{text}"
+        );
+        assert!(text.contains("hazards    same_fleet"), "{text}");
+        assert!(text.contains("never"), "{text}");
+    }
 }

@@ -69,6 +69,7 @@
 pub mod census;
 pub mod coarsen;
 pub mod disclosure;
+pub mod document;
 pub mod identity;
 pub mod keyfile;
 pub mod policy;
@@ -80,6 +81,7 @@ pub use disclosure::{
     seal, DiscloseError, Discloser, Disclosure, EnvelopeError, Origin, Query, Rejection,
     ReplayGuard, SignedQuery, Verified, Verifier, VerifierConfig,
 };
+pub use document::{PolicyDocument, RuleDocument};
 pub use identity::{
     CertificateChain, FleetAuthority, IdentityError, IssuerCertificate, KeyPair,
     PseudonymCertificate, PseudonymCredential, PseudonymIssuer, PublicKey, Rotation,

@@ -1,241 +1,610 @@
-//! The host's operator endpoint: a small HTTP/1.1 server for loopback (or a management
-//! network), serving
+//! The host's operator endpoint: HTTP/1.1 (axum) for loopback or a management network.
 //!
-//! | path | what |
-//! |---|---|
-//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
-//! | `GET /twins` | every hosted twin: id, active or dormant, counters (JSON) |
-//! | `GET /twins/<vehicle>` | one twin as a document: reported state, advice, link (JSON) |
+//! | method and path | role | what |
+//! |---|---|---|
+//! | `GET /metrics` | viewer | Prometheus metrics (OpenMetrics text) |
+//! | `GET /twins` | viewer | every hosted twin: id, active or dormant, counters (JSON) |
+//! | `GET /twins/<vehicle>` | viewer | one twin as a document: reported state, advice, link (JSON) |
+//! | `GET /twins/<vehicle>/policy` | viewer | the sharing policy in force, its version and origin (JSON) |
+//! | `PUT /twins/<vehicle>/policy` | operator | replaces the sharing policy (a [`PolicyDocument`]); durable, audited |
 //!
-//! Only `GET` is served, requests are limited to 8 KiB and 5 s, and each connection
-//! carries one request. Twin documents include positions: bind it where only operators
-//! reach it.
+//! **Access.** With a token file (`twin-dr-host --admin-tokens FILE`), every request needs
+//! `Authorization: Bearer <token>` of a role that may make it (`operator` may do what
+//! `viewer` may): 401 without a known token, 403 with one of too low a role. Without a
+//! token file, reads are open (bind the endpoint where only operators reach it) and
+//! changes are refused. A token file has one line per token, `<role> <name> <token>`
+//! (`#` starts a comment); the name is what the audit log records; tokens are at least
+//! 16 characters.
+//!
+//! Request bodies are limited to 16 KiB.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get as get_route;
+use axum::Router;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use twinlink_msgs::twin_msgs::msg::SharingPolicy;
+use twinlink_share::PolicyDocument;
 
 use crate::metrics::HostMetrics;
 
-/// A question for the host's registry.
+/// A question or change for the host's registry.
 #[derive(Debug)]
 pub enum AdminRequest {
     /// Every twin.
     List(oneshot::Sender<Value>),
     /// One twin; `None` when it is not hosted.
     Get(String, oneshot::Sender<Option<Value>>),
+    /// One twin's sharing policy; `None` when it is not hosted.
+    GetPolicy(String, oneshot::Sender<Option<Value>>),
+    /// Replace one twin's sharing policy.
+    SetPolicy(PolicyChange, oneshot::Sender<Result<Value, AdminError>>),
 }
 
-/// Largest request accepted.
-const MAX_REQUEST: usize = 8192;
+/// An operator's new sharing policy for one twin.
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    /// The twin's vehicle.
+    pub vehicle: String,
+    /// The policy (names checked; values are checked by the twin's consent).
+    pub policy: SharingPolicy,
+    /// The operator's name from the token file.
+    pub operator: String,
+}
 
-/// Binds `addr` and serves until the listener fails; returns the bound address at once.
+/// A refused request: its HTTP status and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Message for the operator.
+    pub message: String,
+}
+
+impl AdminError {
+    /// A refusal with `status` and `message`.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read metrics, twins and policies.
+    Viewer,
+    /// Also change policies.
+    Operator,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// Shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The operators' tokens (see the module documentation), kept as SHA-256 digests.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_digest: HashMap<[u8; 32], (Role, String)>,
+}
+
+impl Tokens {
+    /// Reads a token file; errors name the line and what is wrong with it.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+        Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses the text of a token file.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut tokens = Tokens::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [role, name, token] = fields[..] else {
+                return Err(format!(
+                    "line {}: expected `<role> <name> <token>`, got {} fields",
+                    n + 1,
+                    fields.len()
+                ));
+            };
+            let role = Role::parse(role).ok_or_else(|| {
+                format!(
+                    "line {}: role {role:?} is not one of viewer, operator",
+                    n + 1
+                )
+            })?;
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "line {}: the token of {name:?} is shorter than {MIN_TOKEN_LEN} characters",
+                    n + 1
+                ));
+            }
+            if tokens
+                .by_digest
+                .insert(digest(token), (role, name.to_string()))
+                .is_some()
+            {
+                return Err(format!("line {}: a token given twice", n + 1));
+            }
+        }
+        if tokens.by_digest.is_empty() {
+            return Err("no tokens".into());
+        }
+        Ok(tokens)
+    }
+
+    /// The role and name of `token`, if it is one.
+    pub fn lookup(&self, token: &str) -> Option<(Role, &str)> {
+        self.by_digest
+            .get(&digest(token))
+            .map(|(r, n)| (*r, n.as_str()))
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<HostMetrics>,
+    requests: mpsc::Sender<AdminRequest>,
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl AdminState {
+    /// Who asks, if they may do what needs `need`; the refusal otherwise.
+    fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<String, Response> {
+        let Some(tokens) = &self.tokens else {
+            return if need == Role::Viewer {
+                Ok("anonymous".into())
+            } else {
+                Err(text(
+                    StatusCode::FORBIDDEN,
+                    "changes need operator tokens: start the host with --admin-tokens FILE\n",
+                ))
+            };
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some((role, name)) = token.and_then(|t| tokens.lookup(t)) else {
+            return Err(text(
+                StatusCode::UNAUTHORIZED,
+                "a known token is needed: Authorization: Bearer <token> (twinctl --token or TWINLINK_ADMIN_TOKEN)\n",
+            ));
+        };
+        if role < need {
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                &format!("{name:?} is a {role:?}; this needs an operator token\n").to_lowercase(),
+            ));
+        }
+        Ok(name.to_string())
+    }
+
+    /// Sends a request to the host and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+    ) -> Result<T, Response> {
+        let (tx, rx) = oneshot::channel();
+        let stopping = || text(StatusCode::SERVICE_UNAVAILABLE, "host stopping\n");
+        self.requests.send(make(tx)).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json(value: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{value:#}\n"),
+    )
+        .into_response()
+}
+
+fn not_hosted(vehicle: &str) -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        &format!("no twin {vehicle:?} on this host\n"),
+    )
+}
+
+async fn metrics_page(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn twins(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    match s.ask(AdminRequest::List).await {
+        Ok(v) => json(&v),
+        Err(r) => r,
+    }
+}
+
+async fn twin(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    match s.ask(|tx| AdminRequest::Get(vehicle.clone(), tx)).await {
+        Ok(Some(v)) => json(&v),
+        Ok(None) => not_hosted(&vehicle),
+        Err(r) => r,
+    }
+}
+
+async fn get_policy(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    match s
+        .ask(|tx| AdminRequest::GetPolicy(vehicle.clone(), tx))
+        .await
+    {
+        Ok(Some(v)) => json(&v),
+        Ok(None) => not_hosted(&vehicle),
+        Err(r) => r,
+    }
+}
+
+async fn put_policy(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let operator = match s.authorize(&headers, Role::Operator) {
+        Ok(name) => name,
+        Err(r) => return r,
+    };
+    let document: PolicyDocument = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a sharing policy document: {e}\n"),
+            )
+        }
+    };
+    let policy = match document.to_policy() {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
+    let change = PolicyChange {
+        vehicle: vehicle.clone(),
+        policy,
+        operator,
+    };
+    match s.ask(|tx| AdminRequest::SetPolicy(change, tx)).await {
+        Ok(Ok(v)) => json(&v),
+        Ok(Err(e)) => text(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &format!("{}\n", e.message),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn fallback() -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy\n",
+    )
+}
+
+/// Binds `addr` and serves until the host stops; returns the bound address at once.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<HostMetrics>,
     requests: mpsc::Sender<AdminRequest>,
+    tokens: Option<Arc<Tokens>>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let state = AdminState {
+        metrics,
+        requests,
+        tokens,
+    };
+    let app = Router::new()
+        .route("/metrics", get_route(metrics_page))
+        .route("/twins", get_route(twins))
+        .route("/twins/{vehicle}", get_route(twin))
+        .route(
+            "/twins/{vehicle}/policy",
+            get_route(get_policy).put(put_policy),
+        )
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (metrics, requests) = (metrics.clone(), requests.clone());
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), handle(stream, metrics, requests))
-                        .await;
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin endpoint stopped");
         }
     });
     Ok(bound)
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    metrics: Arc<HostMetrics>,
-    requests: mpsc::Sender<AdminRequest>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REQUEST {
-            return respond(&mut stream, 431, "text/plain", "request too large\n").await;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET is served\n").await;
-    }
-    let json = "application/json";
-    match path {
-        "/metrics" => {
-            respond(
-                &mut stream,
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &metrics.render(),
-            )
-            .await
-        }
-        "/twins" => {
-            let (tx, rx) = oneshot::channel();
-            if requests.send(AdminRequest::List(tx)).await.is_err() {
-                return respond(&mut stream, 503, "text/plain", "host stopping\n").await;
-            }
-            match rx.await {
-                Ok(v) => respond(&mut stream, 200, json, &format!("{v:#}\n")).await,
-                Err(_) => respond(&mut stream, 503, "text/plain", "host stopping\n").await,
-            }
-        }
-        p if p.starts_with("/twins/") => {
-            let vehicle = p.trim_start_matches("/twins/").to_string();
-            let (tx, rx) = oneshot::channel();
-            if requests
-                .send(AdminRequest::Get(vehicle.clone(), tx))
-                .await
-                .is_err()
-            {
-                return respond(&mut stream, 503, "text/plain", "host stopping\n").await;
-            }
-            match rx.await {
-                Ok(Some(v)) => respond(&mut stream, 200, json, &format!("{v:#}\n")).await,
-                Ok(None) => {
-                    respond(
-                        &mut stream,
-                        404,
-                        "text/plain",
-                        &format!("no twin {vehicle:?} on this host\n"),
-                    )
-                    .await
-                }
-                Err(_) => respond(&mut stream, 503, "text/plain", "host stopping\n").await,
-            }
-        }
-        _ => {
-            respond(
-                &mut stream,
-                404,
-                "text/plain",
-                "paths: /metrics, /twins, /twins/<vehicle>\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
+/// An HTTP client for the admin endpoint (used by `twinctl` and tests): sends `method`
+/// to `path` with an optional bearer `token` and JSON `body`; returns the status code and
+/// the body.
+pub fn request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let io = |e: ureq::Error| match e {
+        ureq::Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
     };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// A minimal HTTP GET client for the admin endpoint (used by `twinctl` and tests):
-/// returns the status code and the body.
-pub fn get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr: SocketAddr = addr.parse().map_err(|e| {
+    let _: SocketAddr = addr.parse().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("admin address {addr:?}: {e}"),
         )
     })?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
-        })?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut response = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call().map_err(io)?
+        }
+        "PUT" => {
+            let mut r = agent.put(&url).content_type("application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or("")).map_err(io)?
+        }
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("method {other} is not used by the admin endpoint"),
+            ))
+        }
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().map_err(io)?;
+    Ok((status, text))
+}
+
+/// `GET path` without a token (see [`request`]).
+pub fn get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    request("GET", addr, path, None, None, timeout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn serves_metrics_twins_and_errors() {
+    const OPERATOR: &str = "op-secret-0123456789";
+    const VIEWER: &str = "view-secret-0123456789";
+
+    async fn serve_fake(tokens: Option<Tokens>) -> String {
         let metrics = HostMetrics::new();
         metrics.provisioned.set(2);
         let (tx, mut rx) = mpsc::channel(4);
-        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics, tx)
-            .await
-            .unwrap();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            tx,
+            tokens.map(Arc::new),
+        )
+        .await
+        .unwrap();
         tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
                 match req {
                     AdminRequest::List(reply) => {
                         let _ = reply.send(serde_json::json!([{"vehicle": "veh-1"}]));
                     }
-                    AdminRequest::Get(v, reply) => {
+                    AdminRequest::Get(v, reply) | AdminRequest::GetPolicy(v, reply) => {
                         let _ =
                             reply.send((v == "veh-1").then(|| serde_json::json!({"vehicle": v})));
+                    }
+                    AdminRequest::SetPolicy(change, reply) => {
+                        let _ = reply.send(if change.policy.rules.is_empty() {
+                            Err(AdminError::new(400, "no rules"))
+                        } else {
+                            Ok(serde_json::json!({"by": change.operator}))
+                        });
                     }
                 }
             }
         });
-        let a = addr.to_string();
-        let r = tokio::task::spawn_blocking(move || {
-            (
-                get(&a, "/metrics", Duration::from_secs(2)).unwrap(),
-                get(&a, "/twins", Duration::from_secs(2)).unwrap(),
-                get(&a, "/twins/veh-1", Duration::from_secs(2)).unwrap(),
-                get(&a, "/twins/veh-9", Duration::from_secs(2)).unwrap(),
-                get(&a, "/nope", Duration::from_secs(2)).unwrap(),
-            )
+        addr.to_string()
+    }
+
+    fn call(
+        addr: &str,
+        method: &'static str,
+        path: &'static str,
+        token: Option<&'static str>,
+        body: Option<&'static str>,
+    ) -> tokio::task::JoinHandle<(u16, String)> {
+        let addr = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            request(method, &addr, path, token, body, Duration::from_secs(2)).unwrap()
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_metrics_twins_and_errors_and_refuses_changes_without_tokens() {
+        let a = serve_fake(None).await;
+        let r = call(&a, "GET", "/metrics", None, None).await.unwrap();
+        assert_eq!(r.0, 200);
+        assert!(r.1.contains("twinlink_dr_provisioned 2"));
+        let r = call(&a, "GET", "/twins", None, None).await.unwrap();
+        assert_eq!(r.0, 200);
+        assert!(r.1.contains("veh-1"));
+        assert_eq!(
+            call(&a, "GET", "/twins/veh-1", None, None).await.unwrap().0,
+            200
+        );
+        let r = call(&a, "GET", "/twins/veh-9", None, None).await.unwrap();
+        assert_eq!(r.0, 404);
+        assert!(r.1.contains("veh-9"));
+        assert_eq!(call(&a, "GET", "/nope", None, None).await.unwrap().0, 404);
+        let r = call(&a, "PUT", "/twins/veh-1/policy", None, Some("{}"))
+            .await
+            .unwrap();
+        assert_eq!(r.0, 403);
+        assert!(r.1.contains("--admin-tokens"), "{}", r.1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_gate_reads_and_changes() {
+        let tokens = Tokens::parse(&format!(
+            "# roles\noperator alice {OPERATOR}\nviewer bob {VIEWER}  # read only\n"
+        ))
+        .unwrap();
+        let a = serve_fake(Some(tokens)).await;
+        assert_eq!(call(&a, "GET", "/twins", None, None).await.unwrap().0, 401);
+        assert_eq!(
+            call(&a, "GET", "/twins", Some("wrong-token-0123456789"), None)
+                .await
+                .unwrap()
+                .0,
+            401
+        );
+        assert_eq!(
+            call(&a, "GET", "/twins", Some(VIEWER), None)
+                .await
+                .unwrap()
+                .0,
+            200
+        );
+        let body = Some(
+            r#"{"rules": [{"category": "hazards", "audience": "any_twin", "precision_m": 10, "max_age_s": 30}]}"#,
+        );
+        let r = call(&a, "PUT", "/twins/veh-1/policy", Some(VIEWER), body)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 403, "{}", r.1);
+        let r = call(&a, "PUT", "/twins/veh-1/policy", Some(OPERATOR), body)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 200, "{}", r.1);
+        assert!(
+            r.1.contains("alice"),
+            "the operator's name goes with the change"
+        );
+        // What the host refuses comes back with its status and reason.
+        let r = call(&a, "PUT", "/twins/veh-1/policy", Some(OPERATOR), Some("{}"))
+            .await
+            .unwrap();
+        assert_eq!((r.0, r.1.as_str()), (400, "no rules\n"));
+        // Bodies that are not a policy document say what is wrong.
+        let r = call(
+            &a,
+            "PUT",
+            "/twins/veh-1/policy",
+            Some(OPERATOR),
+            Some(r#"{"rules": [{"category": "gossip", "audience": "any_twin", "precision_m": 1, "max_age_s": 1}]}"#),
+        )
         .await
         .unwrap();
-        assert_eq!(r.0 .0, 200);
-        assert!(r.0 .1.contains("twinlink_dr_provisioned 2"));
-        assert_eq!(r.1 .0, 200);
-        assert!(r.1 .1.contains("veh-1"));
-        assert_eq!(r.2 .0, 200);
-        assert_eq!(r.3 .0, 404);
-        assert!(r.3 .1.contains("veh-9"));
-        assert_eq!(r.4 .0, 404);
+        assert_eq!(r.0, 400);
+        assert!(r.1.contains("gossip"), "{}", r.1);
+        let r = call(
+            &a,
+            "PUT",
+            "/twins/veh-1/policy",
+            Some(OPERATOR),
+            Some("not json"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.0, 400);
+        assert!(r.1.contains("not a sharing policy document"), "{}", r.1);
+    }
+
+    #[test]
+    fn token_files_name_what_is_wrong() {
+        assert!(Tokens::parse("").unwrap_err().contains("no tokens"));
+        let e = Tokens::parse("admin carol 0123456789abcdef0123").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("\"admin\""), "{e}");
+        let e = Tokens::parse("viewer dave short").unwrap_err();
+        assert!(e.contains("shorter than 16"), "{e}");
+        let e = Tokens::parse("viewer dave").unwrap_err();
+        assert!(e.contains("expected `<role> <name> <token>`"), "{e}");
+        let e = Tokens::parse(&format!("viewer a {VIEWER}\noperator b {VIEWER}")).unwrap_err();
+        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+        let t = Tokens::parse(&format!("operator alice {OPERATOR}")).unwrap();
+        assert_eq!(t.lookup(OPERATOR), Some((Role::Operator, "alice")));
+        assert_eq!(t.lookup(VIEWER), None);
     }
 }

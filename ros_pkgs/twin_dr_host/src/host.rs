@@ -94,6 +94,8 @@ pub struct HostConfig {
     pub audit: AuditConfig,
     /// Where to serve `/metrics` and `/twins` (None: not served).
     pub admin: Option<SocketAddr>,
+    /// Operators' tokens for the admin endpoint (`None`: reads open, changes refused).
+    pub admin_tokens: Option<Arc<admin::Tokens>>,
     /// Resilience testing: a message on this stream makes its twin's task panic (the host
     /// must count it, rebuild the twin and keep every other twin running). `None` in
     /// production.
@@ -163,6 +165,8 @@ enum DrCommand {
     Regional(Arc<RegionalTraffic>),
     Relayed(Arc<Verified>),
     Answer(Arc<QueryToAnswer>),
+    /// Work on the twin and its audit log in the twin's own turn (operator requests).
+    Run(TwinJob),
     Status(oneshot::Sender<Value>),
     Shutdown,
 }
@@ -186,6 +190,10 @@ struct Slot {
     /// answer other twins' queries.
     sharing: Arc<AtomicBool>,
 }
+
+/// Work on a twin and its audit log, run by whoever holds the twin (its task when
+/// active, the host's loop when dormant).
+type TwinJob = Box<dyn FnOnce(&mut Twin, &mut AuditLog) + Send>;
 
 /// Another twin's verified query, passed to each active twin that shares hazards; the
 /// query is answered (its final reply sent) when the last twin drops it.
@@ -261,7 +269,7 @@ pub async fn run(
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let admin_addr = match config.admin {
         Some(addr) => Some(
-            admin::serve(addr, metrics.clone(), admin_tx)
+            admin::serve(addr, metrics.clone(), admin_tx, config.admin_tokens.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("serving the admin endpoint on {addr}: {e}"))?,
         ),
@@ -399,8 +407,12 @@ pub async fn run(
                 apply_regional(&shared, &mut slots, &sample.payload().to_bytes());
             }
             request = admin_rx.recv() => {
-                if let Some(request) = request {
-                    answer(&mut slots, request);
+                match request {
+                    Some(AdminRequest::SetPolicy(change, reply)) => {
+                        set_policy(&shared, &mut slots, change, reply);
+                    }
+                    Some(request) => answer(&mut slots, request),
+                    None => {}
                 }
             }
             done = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -460,19 +472,37 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
     let mut twin = Twin::new(vehicle, &shared.config.settings);
     match shared.store.latest(vehicle) {
         Ok(latest) => {
+            // The vehicle's newest policy and the operator's: the newer holds until either
+            // sets another (its grants' own expiry still applies).
+            let mut policies = Vec::new();
             for m in latest {
                 if m.type_name == VehicleState::TYPE_NAME {
                     if let Ok(state) = twinlink_msgs::codec::decode::<VehicleState>(&m.payload) {
                         let _ = twin.on_state(&state);
                     }
                 } else if m.type_name == SharingPolicy::TYPE_NAME {
-                    // The vehicle's newest policy holds until it sends another (its grants'
-                    // own expiry still applies).
                     if let Ok(policy) = twinlink_msgs::codec::decode::<SharingPolicy>(&m.payload) {
-                        if let Err(e) = twin.on_policy(policy, now_us()) {
-                            warn!(%vehicle, error = %e, "the stored sharing policy is refused now");
-                        }
+                        policies.push((crate::relay::PolicyOrigin::vehicle(m.created_us), policy));
                     }
+                }
+            }
+            match shared.store.operator_policy(vehicle) {
+                Ok(Some(set)) => match twinlink_msgs::codec::decode::<SharingPolicy>(&set.policy) {
+                    Ok(policy) => policies.push((
+                        crate::relay::PolicyOrigin::operator(&set.operator, set.set_at_us),
+                        policy,
+                    )),
+                    Err(e) => {
+                        warn!(%vehicle, error = %e, "the operator's stored policy does not decode")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => warn!(%vehicle, error = %e, "reading the operator's policy failed"),
+            }
+            policies.sort_by_key(|(origin, _)| origin.at_us);
+            for (origin, policy) in policies {
+                if let Err(e) = twin.on_policy_from(policy, origin, now_us()) {
+                    warn!(%vehicle, error = %e, "the stored sharing policy is refused now");
                 }
             }
         }
@@ -1020,6 +1050,135 @@ fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
                 });
             }
         },
+        AdminRequest::GetPolicy(vehicle, reply) => match slots.get(&vehicle).map(|s| &s.state) {
+            None => {
+                let _ = reply.send(None);
+            }
+            Some(SlotState::Dormant(twin)) => {
+                let _ = reply.send(Some(policy_document(twin)));
+            }
+            Some(SlotState::Active(tx)) => {
+                let job: TwinJob = Box::new(move |twin, _| {
+                    let _ = reply.send(Some(policy_document(twin)));
+                });
+                // A twin stopping drops the job, and with it the reply: "host stopping".
+                let _ = tx.send(DrCommand::Run(job));
+            }
+        },
+        AdminRequest::SetPolicy(_, reply) => {
+            let _ = reply.send(Err(admin::AdminError::new(
+                500,
+                "policy changes are handled by the host's loop",
+            )));
+        }
+    }
+}
+
+/// A twin's sharing policy as operators read it: the policy in force, its version and
+/// where it came from.
+fn policy_document(twin: &Twin) -> Value {
+    let consent = twin.sharing().consent();
+    json!({
+        "vehicle": twin.vehicle(),
+        "version": consent.version(),
+        "origin": twin.sharing().policy_origin(),
+        "policy": twinlink_share::PolicyDocument::from_policy(consent.policy()),
+    })
+}
+
+/// An operator's new sharing policy for one twin: checked, made durable (it survives a
+/// restart; the newer of it and the vehicle's own is in force), applied by the twin and
+/// recorded in its audit log with the operator's name; the reply is the policy document.
+fn set_policy(
+    shared: &Shared,
+    slots: &mut HashMap<String, Slot>,
+    change: admin::PolicyChange,
+    reply: oneshot::Sender<Result<Value, admin::AdminError>>,
+) {
+    use admin::AdminError;
+    let admin::PolicyChange {
+        vehicle,
+        policy,
+        operator,
+    } = change;
+    let Some(slot) = slots.get_mut(&vehicle) else {
+        let _ = reply.send(Err(AdminError::new(
+            404,
+            format!("no twin {vehicle:?} on this host (`twinctl dr list` shows its twins)"),
+        )));
+        return;
+    };
+    let at = now_us();
+    if let Err(e) = twinlink_share::Consent::new().set(policy.clone(), at) {
+        let _ = reply.send(Err(AdminError::new(400, format!("policy refused: {e}"))));
+        return;
+    }
+    let stored = twinlink_msgs::codec::encode(&policy)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            shared
+                .store
+                .set_operator_policy(
+                    &vehicle,
+                    &crate::store::OperatorPolicy {
+                        set_at_us: at,
+                        operator: operator.clone(),
+                        policy: bytes.clone(),
+                    },
+                )
+                .map(|()| bytes)
+                .map_err(|e| e.to_string())
+        });
+    let bytes = match stored {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = reply.send(Err(AdminError::new(
+                500,
+                format!("the policy was not stored: {e}"),
+            )));
+            return;
+        }
+    };
+    let job: TwinJob = Box::new(move |twin, audit| {
+        let rules = policy.rules.len();
+        let fetch = policy.allow_autonomous_fetch;
+        let origin = crate::relay::PolicyOrigin::operator(&operator, at);
+        let result = match twin.on_policy_from(policy, origin, now_us()) {
+            Ok(version) => audit
+                .append(
+                    Kind::Policy,
+                    json!({"event": "policy_set", "source": "operator", "operator": operator,
+                           "version": version, "rules": rules, "allow_autonomous_fetch": fetch}),
+                    &bytes,
+                )
+                // On disk before the operator hears "set" (operator changes are rare).
+                .and_then(|_| audit.sync())
+                .map(|()| policy_document(twin))
+                .map_err(|e| {
+                    AdminError::new(500, format!("the audit log refused the record: {e}"))
+                }),
+            Err(e) => Err(AdminError::new(400, format!("policy refused: {e}"))),
+        };
+        let _ = reply.send(result);
+    });
+    match &mut slot.state {
+        SlotState::Active(tx) => {
+            let _ = tx.send(DrCommand::Run(job));
+        }
+        SlotState::Dormant(twin) => {
+            let dir = twin_dir(&shared.config.data_dir, &vehicle);
+            match AuditLog::open(&dir, &slot.material.vehicle, shared.config.audit) {
+                Ok(mut audit) => {
+                    job(twin, &mut audit);
+                    if let Err(e) = audit.close() {
+                        warn!(%vehicle, error = %e, "closing the audit log failed");
+                    }
+                }
+                Err(e) => {
+                    warn!(%vehicle, error = %e, "opening the audit log for a policy change failed (the policy is stored and applies at activation)")
+                }
+            }
+        }
     }
 }
 
@@ -1228,6 +1387,7 @@ async fn twin_loop(
                     Some(DrCommand::Answer(query)) => {
                         answer_query(shared, twin, &query, &mut audit).await?;
                     }
+                    Some(DrCommand::Run(job)) => job(twin, &mut audit),
                     Some(DrCommand::Status(reply)) => {
                         let stats = Some(serde_json::to_value(link.stats()).unwrap_or(Value::Null));
                         let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));
@@ -1363,12 +1523,18 @@ fn apply(
             .and_then(|p| {
                 let rules = p.rules.len();
                 let fetch = p.allow_autonomous_fetch;
-                twin.on_policy(p, now_us())
-                    .map(|version| {
-                        Applied::Policy(json!({"event": "policy_set", "version": version,
-                                               "rules": rules, "allow_autonomous_fetch": fetch}))
-                    })
-                    .map_err(|e| ("invalid_policy", e.to_string()))
+                twin.on_policy_from(
+                    p,
+                    crate::relay::PolicyOrigin::vehicle(m.created_us),
+                    now_us(),
+                )
+                .map(|version| {
+                    Applied::Policy(
+                        json!({"event": "policy_set", "source": "vehicle", "version": version,
+                                               "rules": rules, "allow_autonomous_fetch": fetch}),
+                    )
+                })
+                .map_err(|e| ("invalid_policy", e.to_string()))
             })
     } else {
         Err((

@@ -261,6 +261,48 @@ pub struct SharingStats {
     pub ignored: BTreeMap<&'static str, u64>,
 }
 
+/// Where the sharing policy in force came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyOrigin {
+    /// `none` (default deny, nothing set), `vehicle`, `operator`, or `refused` (the last
+    /// policy set was invalid: default deny).
+    pub source: &'static str,
+    /// The operator who set it (for `operator`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// When it was set [µs since the Unix epoch]; 0 for `none`.
+    pub at_us: u64,
+}
+
+impl PolicyOrigin {
+    /// Nothing set yet.
+    pub fn none() -> Self {
+        PolicyOrigin {
+            source: "none",
+            operator: None,
+            at_us: 0,
+        }
+    }
+
+    /// Sent by the vehicle at `at_us`.
+    pub fn vehicle(at_us: u64) -> Self {
+        PolicyOrigin {
+            source: "vehicle",
+            operator: None,
+            at_us,
+        }
+    }
+
+    /// Set by `operator` at `at_us`.
+    pub fn operator(operator: &str, at_us: u64) -> Self {
+        PolicyOrigin {
+            source: "operator",
+            operator: Some(operator.to_string()),
+            at_us,
+        }
+    }
+}
+
 /// One twin's sharing state: its vehicle's consent, its pseudonyms, the hazards it shares.
 #[derive(Debug, Clone)]
 pub struct TwinSharing {
@@ -278,6 +320,7 @@ pub struct TwinSharing {
     forwarded: HashMap<String, (Fingerprint, f64)>,
     last_announce_us: u64,
     stats: SharingStats,
+    origin: PolicyOrigin,
 }
 
 impl TwinSharing {
@@ -297,6 +340,7 @@ impl TwinSharing {
             seen_us: HashMap::new(),
             last_announce_us: 0,
             stats: SharingStats::default(),
+            origin: PolicyOrigin::none(),
         })
     }
 
@@ -319,6 +363,22 @@ impl TwinSharing {
     /// anything away also rotates the pseudonym at the next disclosure, so that what
     /// follows cannot be linked to what went before.
     pub fn set_policy(&mut self, policy: SharingPolicy, now_us: u64) -> Result<u64, PolicyError> {
+        self.set_policy_from(policy, PolicyOrigin::vehicle(now_us), now_us)
+    }
+
+    /// Where the policy in force came from.
+    pub fn policy_origin(&self) -> &PolicyOrigin {
+        &self.origin
+    }
+
+    /// Like [`TwinSharing::set_policy`], for a policy from `origin` (the vehicle or an
+    /// operator: the newest one set is in force).
+    pub fn set_policy_from(
+        &mut self,
+        policy: SharingPolicy,
+        origin: PolicyOrigin,
+        now_us: u64,
+    ) -> Result<u64, PolicyError> {
         let before = self.discloser.consent.policy().clone();
         let version = match self.discloser.consent.set(policy, now_us) {
             Ok(v) => v,
@@ -326,10 +386,15 @@ impl TwinSharing {
                 // A refused policy leaves nothing of the one before in force: default deny
                 // until the vehicle sends one that is valid.
                 self.discloser.consent = Consent::new();
+                self.origin = PolicyOrigin {
+                    source: "refused",
+                    ..origin
+                };
                 self.rotate();
                 return Err(e);
             }
         };
+        self.origin = origin;
         let expiry = |r: &twinlink_msgs::twin_msgs::msg::SharingRule| {
             twinlink_share::time::time_us(&r.expires).filter(|&t| t > 0)
         };

@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | `twins` | vehicle | [`TwinRecord`] (postcard): the link record and the newest message of every stream |
 //! | `journal` | host-wide entry number | [`JournalEntry`] (postcard): every message, the newest `retention` of the host |
+//! | `operator_policies` | vehicle | [`OperatorPolicy`] (postcard): the sharing policy an operator set last |
 //!
 //! The journal is append-only: a commit adds its messages at the end of one B-tree and
 //! drops the oldest at its start, so it writes a few pages however many twins the batch
@@ -41,6 +42,7 @@ use twinlink_link::Message;
 
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const OPERATOR_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("operator_policies");
 
 /// Page cache of the database unless configured otherwise (redb's own default is 1 GiB,
 /// too much beside thousands of twins).
@@ -121,6 +123,19 @@ pub struct TwinRecord {
     pub latest: Vec<StoredMessage>,
 }
 
+/// A sharing policy an operator set for a twin, kept until replaced (the vehicle's own
+/// policies are the newest message of their stream; the newer of the two is in force).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorPolicy {
+    /// When it was set [µs since the Unix epoch].
+    pub set_at_us: u64,
+    /// Who set it (the operator's name from the host's token file).
+    pub operator: String,
+    /// The `twin_msgs/SharingPolicy`, CDR.
+    #[serde(with = "serde_bytes")]
+    pub policy: Vec<u8>,
+}
+
 /// One message in the host's journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
@@ -158,6 +173,7 @@ impl Store {
             .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(TWINS).map_err(db_err)?;
+        txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
         let (next, len) = {
             let journal = txn.open_table(JOURNAL).map_err(db_err)?;
             let next = journal
@@ -192,6 +208,38 @@ impl Store {
     /// The newest stored message of every stream of `vehicle`, oldest first.
     pub fn latest(&self, vehicle: &str) -> Result<Vec<StoredMessage>, StoreError> {
         Ok(self.twin(vehicle)?.map(|t| t.latest).unwrap_or_default())
+    }
+
+    /// Records `policy` as the one an operator set for `vehicle`, durably (its own
+    /// transaction, on disk when this returns).
+    pub fn set_operator_policy(
+        &self,
+        vehicle: &str,
+        policy: &OperatorPolicy,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
+            let bytes = postcard::to_stdvec(policy).expect("operator policies serialize");
+            table.insert(vehicle, bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The policy an operator last set for `vehicle`, if any.
+    pub fn operator_policy(&self, vehicle: &str) -> Result<Option<OperatorPolicy>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
+        let Some(v) = table.get(vehicle).map_err(db_err)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: "operator policy",
+                vehicle: vehicle.into(),
+                source,
+            })
     }
 
     /// Messages of `vehicle` still in the journal with sequence numbers from `from` on, in
@@ -485,6 +533,32 @@ mod tests {
             .collect();
         assert_eq!(kept, vec![2, 3, 4]);
         assert!(rx.try_recv().is_err(), "commit() alone notifies nobody");
+    }
+
+    #[test]
+    fn operator_policies_survive_reopening_and_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.redb");
+        let first = OperatorPolicy {
+            set_at_us: 1,
+            operator: "alice".into(),
+            policy: vec![1, 2, 3],
+        };
+        {
+            let store = Store::open(&path, 100).unwrap();
+            assert_eq!(store.operator_policy("veh-1").unwrap(), None);
+            store.set_operator_policy("veh-1", &first).unwrap();
+        }
+        let store = Store::open(&path, 100).unwrap();
+        assert_eq!(store.operator_policy("veh-1").unwrap(), Some(first));
+        let second = OperatorPolicy {
+            set_at_us: 2,
+            operator: "bob".into(),
+            policy: vec![4],
+        };
+        store.set_operator_policy("veh-1", &second).unwrap();
+        assert_eq!(store.operator_policy("veh-1").unwrap(), Some(second));
+        assert_eq!(store.operator_policy("veh-2").unwrap(), None);
     }
 
     #[test]

@@ -481,6 +481,17 @@ impl Twin {
         self.sharing.set_policy(policy, now_us)
     }
 
+    /// Replaces the sharing policy with one from `origin` (an operator's, or a stored one
+    /// at its original time), validated at `now_us`; returns its version.
+    pub fn on_policy_from(
+        &mut self,
+        policy: SharingPolicy,
+        origin: crate::relay::PolicyOrigin,
+        now_us: u64,
+    ) -> Result<u64, PolicyError> {
+        self.sharing.set_policy_from(policy, origin, now_us)
+    }
+
     /// The twin's sharing state (the vehicle's consent, counters).
     pub fn sharing(&self) -> &TwinSharing {
         &self.sharing

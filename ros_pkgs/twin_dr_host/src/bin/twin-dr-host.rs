@@ -34,6 +34,10 @@ struct Args {
     /// Serve /metrics and /twins here (e.g. 127.0.0.1:9464); "off" to serve nothing.
     #[arg(long, default_value = "127.0.0.1:9464")]
     admin: String,
+    /// Operators' tokens for the admin endpoint, one `<role> <name> <token>` per line
+    /// (roles: viewer, operator). Without it reads are open and changes refused.
+    #[arg(long)]
+    admin_tokens: Option<PathBuf>,
     /// A twin whose vehicle is gone this long goes dormant [s].
     #[arg(long, default_value_t = 30.0)]
     idle_after_s: f64,
@@ -169,6 +173,13 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
             sync_at_checkpoint: false,
         },
         admin,
+        admin_tokens: match &args.admin_tokens {
+            None => None,
+            Some(path) => Some(Arc::new(
+                twin_dr_host::admin::Tokens::load(path)
+                    .map_err(|e| anyhow::anyhow!("--admin-tokens {e}"))?,
+            )),
+        },
         chaos_panic_stream: args.chaos_panic_on_stream.clone(),
         cits_origin: match &args.cits_origin {
             None => None,
