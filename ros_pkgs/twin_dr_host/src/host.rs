@@ -926,6 +926,12 @@ async fn answer_query(
                     Ok(()) => "answered",
                     Err(e) => {
                         warn!(vehicle = twin.vehicle(), error = %e, "replying to a query failed");
+                        audit.append(
+                            Kind::Disclosure,
+                            json!({"direction": "out", "decision": "not_sent", "reason": "reply_failed",
+                                   "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id, "at_us": now_us()}),
+                            b"",
+                        )?;
                         "reply_failed"
                     }
                 };
@@ -1612,6 +1618,13 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
                 if let Err(e) = shared.session.put(key, d.bytes).await {
                     HostMetrics::count(&shared.metrics.disclosures, "result", "publish_failed");
                     warn!(vehicle = twin.vehicle(), error = %e, "publishing a disclosure failed");
+                    // The record above says what was decided; this one that it did not leave.
+                    audit.append(
+                        Kind::Disclosure,
+                        json!({"direction": "out", "decision": "not_sent", "reason": "publish_failed",
+                               "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id, "at_us": now_us()}),
+                        b"",
+                    )?;
                 }
             }
             Outcome::Denied {

@@ -578,13 +578,15 @@ impl Twin {
                 }) * 1e6)
                     .max(0.0) as u64,
             );
-            if self
-                .world
-                .add_incident(&incident, now, Source::Relayed)
-                .is_ok()
-                && self.sharing.forward_relayed(&incident, withdrawal, now)
-            {
-                kept.push(incident);
+            match self.world.add_incident(&incident, now, Source::Relayed) {
+                Ok(_) => {
+                    if self.sharing.forward_relayed(&incident, withdrawal, now) {
+                        kept.push(incident);
+                    }
+                }
+                // Verified, but not a hazard this twin's world can hold (e.g. off the
+                // road's geometry): counted with the twin's refused inputs.
+                Err(_) => self.refused += 1,
             }
         }
         let mut observation = verified.observation.clone();
