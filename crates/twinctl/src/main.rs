@@ -614,6 +614,11 @@ fn rfc3339(us: u64) -> String {
         .to_string()
 }
 
+/// A JSON number as text without a needless ".0" ("?" when it is not a number).
+fn number(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("?".into(), |x| format!("{x}"))
+}
+
 /// A policy document from the host as a table.
 fn format_policy(doc: &serde_json::Value) -> String {
     let origin = &doc["origin"];
@@ -660,8 +665,8 @@ fn format_policy(doc: &serde_json::Value) -> String {
             "  {:<10} {:<11} {:>8} m {:>6} s  {}\n",
             r["category"].as_str().unwrap_or("?"),
             r["audience"].as_str().unwrap_or("?"),
-            r["precision_m"],
-            r["max_age_s"],
+            number(&r["precision_m"]),
+            number(&r["max_age_s"]),
             expires
         );
     }
@@ -835,5 +840,6 @@ mod tests {
         );
         assert!(text.contains("hazards    same_fleet"), "{text}");
         assert!(text.contains("never"), "{text}");
+        assert!(text.contains("       50 m     30 s  never"), "{text}");
     }
 }
