@@ -302,6 +302,18 @@ fn operators_set_policies_that_are_enforced_audited_and_durable() {
         now_us(),
     ))
     .unwrap();
+    // Its policy shares nothing, and its clock is an hour ahead of the host's.
+    let skew = 3_600_000_000;
+    pe.send(to_link(
+        "policy",
+        Priority::OwnState,
+        &SharingPolicy::default(),
+        now_us() + skew,
+    ))
+    .unwrap();
+    wait_for("the vehicle's policy", || {
+        host.policy()["origin"]["source"] == "vehicle"
+    });
     let mut hazard = Incident {
         incident_id: "stall-op".into(),
         incident_kind: Incident::INCIDENT_STALLED_VEHICLE,
@@ -338,27 +350,33 @@ fn operators_set_policies_that_are_enforced_audited_and_durable() {
     let v = verifier.verify(&bytes, at).unwrap();
     assert_eq!(v.observation.hazards[0].position.x, 3000.0);
 
-    // kill -9: the operator's policy is back after the restart.
-    if let Some(mut p) = host.process.take() {
-        p.kill();
-    }
-    host.start();
+    // kill -9: the operator's policy, set after the vehicle's (whatever the vehicle's
+    // clock says), is back after the restart.
+    let kill_and_restart = |host: &mut Host| {
+        if let Some(mut p) = host.process.take() {
+            p.kill();
+        }
+        host.start();
+    };
+    kill_and_restart(&mut host);
     let restored = host.policy();
     assert_eq!(restored["origin"], doc["origin"], "{restored}");
     assert_eq!(restored["policy"], doc["policy"]);
 
-    // The vehicle's own newer policy replaces it.
+    // The vehicle's own newer policy replaces it, also after another restart.
     pe.send(to_link(
         "policy",
         Priority::OwnState,
         &SharingPolicy::default(),
-        now_us(),
+        now_us() + skew,
     ))
     .unwrap();
     wait_for("the vehicle's policy", || {
         host.policy()["origin"]["source"] == "vehicle"
     });
     assert_eq!(host.policy()["policy"]["rules"], Value::Array(vec![]));
+    kill_and_restart(&mut host);
+    assert_eq!(host.policy()["origin"]["source"], "vehicle");
 
     rt.block_on(pe.close());
     rt.block_on(async { session.close().await }).unwrap();

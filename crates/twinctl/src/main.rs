@@ -537,8 +537,8 @@ fn policy_from_rules(
                 None => 0,
                 Some(s) => {
                     let seconds = number("EXPIRES_IN_S", s)?;
-                    if seconds == 0.0 {
-                        anyhow::bail!("--rule {text:?}: EXPIRES_IN_S must be positive (leave it out for a grant until revoked)");
+                    if seconds == 0.0 || seconds > MAX_EXPIRES_IN_S {
+                        anyhow::bail!("--rule {text:?}: EXPIRES_IN_S must be positive and at most {MAX_EXPIRES_IN_S} (10 years); leave it out for a grant until revoked");
                     }
                     now_us + (seconds * 1e6) as u64
                 }
@@ -608,8 +608,16 @@ fn policy_set(
     emit(&format!("policy set.\n{}", format_policy(&doc)))
 }
 
-/// A time in µs since the epoch as RFC 3339 (UTC, seconds).
+/// Longest grant `--rule` takes [s].
+const MAX_EXPIRES_IN_S: f64 = 10.0 * 365.25 * 86_400.0;
+
+/// A time in µs since the epoch as RFC 3339 (UTC, seconds); beyond the year 9999 (which
+/// RFC 3339 cannot write) the number itself.
 fn rfc3339(us: u64) -> String {
+    const YEAR_10000_US: u64 = 253_402_300_800_000_000;
+    if us >= YEAR_10000_US {
+        return format!("{us} µs after 1970");
+    }
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us))
         .to_string()
 }
@@ -814,6 +822,8 @@ mod tests {
         assert!(err("hazards:any_twin:10").contains("expected CATEGORY:AUDIENCE"));
         assert!(err("hazards:any_twin:ten:30").contains("PRECISION_M \"ten\""));
         assert!(err("hazards:any_twin:10:30:0").contains("EXPIRES_IN_S must be positive"));
+        assert!(err("hazards:any_twin:10:30:1e300").contains("at most"));
+        assert_eq!(rfc3339(u64::MAX), format!("{} µs after 1970", u64::MAX));
         assert!(err("weather:any_twin:10:30").contains("\"weather\""));
         assert!(err("hazards:all:10:30").contains("\"all\""));
         // Nothing at all is a valid policy: nothing shared.

@@ -16,7 +16,9 @@
 //! (`#` starts a comment); the name is what the audit log records; tokens are at least
 //! 16 characters.
 //!
-//! Request bodies are limited to 16 KiB.
+//! Request bodies are limited to 16 KiB; each connection carries one request, whose head
+//! must arrive within 5 s and which must be done within 30 s; at most 64 connections are
+//! served at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -170,6 +172,9 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Most admin connections served at once (more are closed at once).
+const MAX_CONNECTIONS: usize = 64;
+
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -219,7 +224,12 @@ impl AdminState {
         make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
     ) -> Result<T, Response> {
         let (tx, rx) = oneshot::channel();
-        let stopping = || text(StatusCode::SERVICE_UNAVAILABLE, "host stopping\n");
+        let stopping = || {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the host or the twin is stopping; nothing was changed: try again\n",
+            )
+        };
         self.requests.send(make(tx)).await.map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())
     }
@@ -378,9 +388,32 @@ pub async fn serve(
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
+    // One request per connection, its head within 5 s and all of it within 30 s, at most
+    // MAX_CONNECTIONS at once: a slow or idle client cannot hold the host's sockets.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the admin endpoint stopped");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the admin endpoint could not accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue; // dropped: too many connections
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+                drop(permit);
+            });
         }
     });
     Ok(bound)

@@ -27,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,8 @@ type TwinJob = Box<dyn FnOnce(&mut Twin, &mut AuditLog) + Send>;
 /// query is answered (its final reply sent) when the last twin drops it.
 struct QueryToAnswer {
     query: zenoh::query::Query,
+    /// The host's count of queries being answered (this one leaves it when dropped).
+    open: Arc<AtomicUsize>,
     /// What is asked for (the signed name, equal to the key asked).
     name: DataName,
     /// How the querier relates to this host's fleet.
@@ -208,6 +210,16 @@ struct QueryToAnswer {
     pseudonym: String,
     query_id: u64,
 }
+
+impl Drop for QueryToAnswer {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Most queries being answered at once by a host's twins; more are refused (`busy`), so
+/// that queries cannot pile up in the twins' queues.
+const MAX_OPEN_QUERIES: usize = 64;
 
 /// `Slot::applying` between messages.
 const NOT_APPLYING: u64 = u64::MAX;
@@ -223,6 +235,8 @@ struct Shared {
     /// The tiles each active twin wants hazards from (its vehicle lets it fetch on its
     /// own): the host queries their union now and then.
     fetch: std::sync::Mutex<HashMap<Arc<str>, Vec<TileName>>>,
+    /// Queries being answered by this host's twins now.
+    queries_open: Arc<AtomicUsize>,
 }
 
 /// Runs a host until `shutdown` resolves. Reports the admin endpoint's address through
@@ -342,6 +356,7 @@ pub async fn run(
         writer: writer.handle(),
         metrics: metrics.clone(),
         fetch: std::sync::Mutex::new(HashMap::new()),
+        queries_open: Arc::new(AtomicUsize::new(0)),
     });
     let mut fetching = Fetching::new(relay_tx.clone(), relay_queued.clone());
     let mut slots: HashMap<String, Slot> = HashMap::new();
@@ -419,6 +434,7 @@ pub async fn run(
                 match done {
                     Some(Ok((id, (vehicle, twin)))) => {
                         task_vehicle.remove(&id);
+                        went_dormant(&shared, &slots, &vehicle);
                         if let Some(slot) = slots.get_mut(&vehicle) {
                             slot.state = SlotState::Dormant(twin);
                         }
@@ -427,6 +443,7 @@ pub async fn run(
                     Some(Err(e)) => {
                         let vehicle = task_vehicle.remove(&e.id()).unwrap_or_default();
                         metrics.active.dec();
+                        went_dormant(&shared, &slots, &vehicle);
                         if let Some(slot) = slots.get_mut(&vehicle) {
                             if e.is_panic() {
                                 metrics.panics.inc();
@@ -467,14 +484,26 @@ pub async fn run(
     Ok(())
 }
 
+/// A twin whose task ended (also by a panic) neither answers queries nor asks for tiles.
+fn went_dormant(shared: &Shared, slots: &HashMap<String, Slot>, vehicle: &str) {
+    if let Some(slot) = slots.get(vehicle) {
+        slot.sharing.store(false, Ordering::Relaxed);
+    }
+    shared
+        .fetch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(vehicle);
+}
+
 /// A twin rebuilt from the store: the newest vehicle state and the recommendation sequence.
 fn restore(shared: &Shared, vehicle: &str) -> Twin {
     let mut twin = Twin::new(vehicle, &shared.config.settings);
     match shared.store.latest(vehicle) {
         Ok(latest) => {
-            // The vehicle's newest policy and the operator's: the newer holds until either
-            // sets another (its grants' own expiry still applies).
-            let mut policies = Vec::new();
+            // The vehicle's newest policy and the operator's: whichever the twin took last
+            // holds (an operator's policy records the vehicle's policy it followed).
+            let mut vehicle_policy = None;
             for m in latest {
                 if m.type_name == VehicleState::TYPE_NAME {
                     if let Ok(state) = twinlink_msgs::codec::decode::<VehicleState>(&m.payload) {
@@ -482,24 +511,46 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
                     }
                 } else if m.type_name == SharingPolicy::TYPE_NAME {
                     if let Ok(policy) = twinlink_msgs::codec::decode::<SharingPolicy>(&m.payload) {
-                        policies.push((crate::relay::PolicyOrigin::vehicle(m.created_us), policy));
+                        vehicle_policy = Some((m.created_us, policy));
                     }
                 }
             }
-            match shared.store.operator_policy(vehicle) {
-                Ok(Some(set)) => match twinlink_msgs::codec::decode::<SharingPolicy>(&set.policy) {
-                    Ok(policy) => policies.push((
-                        crate::relay::PolicyOrigin::operator(&set.operator, set.set_at_us),
-                        policy,
-                    )),
-                    Err(e) => {
-                        warn!(%vehicle, error = %e, "the operator's stored policy does not decode")
+            let operator: Result<_, String> = match shared.store.operator_policy(vehicle) {
+                Ok(None) => Ok(None),
+                Ok(Some(set)) => twinlink_msgs::codec::decode::<SharingPolicy>(&set.policy)
+                    .map(|policy| Some((set, policy)))
+                    .map_err(|e| format!("the operator's stored policy does not decode: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut policies = Vec::new();
+            match operator {
+                Ok(operator) => {
+                    let operator_last = match (&vehicle_policy, &operator) {
+                        (Some((created, _)), Some((set, _))) => {
+                            *created <= set.after_vehicle_policy_us
+                        }
+                        _ => true,
+                    };
+                    let v = vehicle_policy.map(|(created, p)| {
+                        (crate::relay::PolicyOrigin::vehicle(created, created), p)
+                    });
+                    let o = operator.map(|(set, p)| {
+                        (
+                            crate::relay::PolicyOrigin::operator(&set.operator, set.set_at_us),
+                            p,
+                        )
+                    });
+                    if operator_last {
+                        policies.extend(v.into_iter().chain(o));
+                    } else {
+                        policies.extend(o.into_iter().chain(v));
                     }
-                },
-                Ok(None) => {}
-                Err(e) => warn!(%vehicle, error = %e, "reading the operator's policy failed"),
+                }
+                // Not knowing what the operator set, share nothing (default deny).
+                Err(e) => {
+                    warn!(%vehicle, error = %e, "reading the operator's policy failed; sharing nothing")
+                }
             }
-            policies.sort_by_key(|(origin, _)| origin.at_us);
             for (origin, policy) in policies {
                 if let Err(e) = twin.on_policy_from(policy, origin, now_us()) {
                     warn!(%vehicle, error = %e, "the stored sharing policy is refused now");
@@ -851,12 +902,17 @@ fn query_in(
     else {
         return refuse(log, "unsigned", "a query without a signed payload".into());
     };
-    let (asked, origin) = match verifier.verify_query(&bytes, now_us()) {
-        Ok(v) => v,
-        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    // The name first: a copy asked under another key must not use up the query's id in
+    // the replay guard before the original arrives.
+    let signed_name = match twinlink_share::SignedQuery::from_bytes(&bytes) {
+        Ok(q) => q.query.name,
+        Err(e) => {
+            let e = twinlink_share::Rejection::from(e);
+            return refuse(log, e.as_str(), e.to_string());
+        }
     };
     let name = match (
-        asked.data_name(),
+        signed_name.parse::<DataName>().ok(),
         keys::share_name_of(query.key_expr().as_str()),
     ) {
         (Some(name), Some((category, tile)))
@@ -869,15 +925,27 @@ fn query_in(
                 log,
                 "name_mismatch",
                 format!(
-                    "signed for {:?} but asked on {}",
-                    asked.name,
+                    "signed for {signed_name:?} but asked on {}",
                     query.key_expr()
                 ),
             )
         }
     };
-    HostMetrics::count(&shared.metrics.queries_received, "result", "answered");
+    if shared.queries_open.load(Ordering::Relaxed) >= MAX_OPEN_QUERIES {
+        return refuse(
+            log,
+            "busy",
+            format!("{MAX_OPEN_QUERIES} queries are being answered"),
+        );
+    }
+    let (asked, origin) = match verifier.verify_query(&bytes, now_us()) {
+        Ok(v) => v,
+        Err(e) => return refuse(log, e.as_str(), e.to_string()),
+    };
+    HostMetrics::count(&shared.metrics.queries_received, "result", "verified");
+    shared.queries_open.fetch_add(1, Ordering::Relaxed);
     let job = Arc::new(QueryToAnswer {
+        open: shared.queries_open.clone(),
         name,
         audience: origin.audience,
         fleet: origin.fleet_id,
@@ -1119,38 +1187,37 @@ fn set_policy(
         let _ = reply.send(Err(AdminError::new(400, format!("policy refused: {e}"))));
         return;
     }
-    let stored = twinlink_msgs::codec::encode(&policy)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            shared
-                .store
-                .set_operator_policy(
-                    &vehicle,
-                    &crate::store::OperatorPolicy {
-                        set_at_us: at,
-                        operator: operator.clone(),
-                        policy: bytes.clone(),
-                    },
-                )
-                .map(|()| bytes)
-                .map_err(|e| e.to_string())
-        });
-    let bytes = match stored {
+    let bytes = match twinlink_msgs::codec::encode(&policy) {
         Ok(b) => b,
         Err(e) => {
             let _ = reply.send(Err(AdminError::new(
                 500,
-                format!("the policy was not stored: {e}"),
+                format!("encoding the policy: {e}"),
             )));
             return;
         }
     };
+    let store = shared.store.clone();
+    // Run by whoever holds the twin, in its turn: stored (durable before anything changes),
+    // applied, audited; a twin that stops first drops the job, and nothing changed.
     let job: TwinJob = Box::new(move |twin, audit| {
-        let rules = policy.rules.len();
-        let fetch = policy.allow_autonomous_fetch;
-        let origin = crate::relay::PolicyOrigin::operator(&operator, at);
-        let result = match twin.on_policy_from(policy, origin, now_us()) {
-            Ok(version) => audit
+        let result = (|| {
+            let record = crate::store::OperatorPolicy {
+                set_at_us: at,
+                operator: operator.clone(),
+                after_vehicle_policy_us: twin.sharing().newest_vehicle_policy_us(),
+                policy: bytes.clone(),
+            };
+            store
+                .set_operator_policy(twin.vehicle(), &record)
+                .map_err(|e| AdminError::new(500, format!("the policy was not stored: {e}")))?;
+            let rules = policy.rules.len();
+            let fetch = policy.allow_autonomous_fetch;
+            let origin = crate::relay::PolicyOrigin::operator(&operator, at);
+            let version = twin
+                .on_policy_from(policy, origin, now_us())
+                .map_err(|e| AdminError::new(400, format!("policy refused: {e}")))?;
+            audit
                 .append(
                     Kind::Policy,
                     json!({"event": "policy_set", "source": "operator", "operator": operator,
@@ -1159,12 +1226,14 @@ fn set_policy(
                 )
                 // On disk before the operator hears "set" (operator changes are rare).
                 .and_then(|_| audit.sync())
-                .map(|()| policy_document(twin))
                 .map_err(|e| {
-                    AdminError::new(500, format!("the audit log refused the record: {e}"))
-                }),
-            Err(e) => Err(AdminError::new(400, format!("policy refused: {e}"))),
-        };
+                    AdminError::new(
+                        500,
+                        format!("the policy is in force but the audit log refused its record: {e}"),
+                    )
+                })?;
+            Ok(policy_document(twin))
+        })();
         let _ = reply.send(result);
     });
     match &mut slot.state {
@@ -1181,7 +1250,7 @@ fn set_policy(
                     }
                 }
                 Err(e) => {
-                    warn!(%vehicle, error = %e, "opening the audit log for a policy change failed (the policy is stored and applies at activation)")
+                    warn!(%vehicle, error = %e, "opening the audit log for a policy change failed; nothing changed")
                 }
             }
         }
@@ -1236,15 +1305,7 @@ async fn run_twin(
         &sharing,
         poison,
     );
-    let result = run.await;
-    // A dormant twin neither answers nor asks.
-    sharing.store(false, Ordering::Relaxed);
-    shared
-        .fetch
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(vehicle.as_str());
-    match result {
+    match run.await {
         Ok(()) => {}
         Err(e) => {
             shared.metrics.reject("activation_failed");
@@ -1529,10 +1590,11 @@ fn apply(
             .and_then(|p| {
                 let rules = p.rules.len();
                 let fetch = p.allow_autonomous_fetch;
+                let now = now_us();
                 twin.on_policy_from(
                     p,
-                    crate::relay::PolicyOrigin::vehicle(m.created_us),
-                    now_us(),
+                    crate::relay::PolicyOrigin::vehicle(now, m.created_us),
+                    now,
                 )
                 .map(|version| {
                     Applied::Policy(

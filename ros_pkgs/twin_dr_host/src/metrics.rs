@@ -19,7 +19,7 @@
 //! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |
 //! | `twinlink_dr_relay_delivered_total` | counter | | relayed observations sent to a vehicle |
 //! | `twinlink_dr_census_total` | counter | `result` | census samples: `sent`, or why not (`no_rule`, `revoked`, `stale_state`, `off_route`, ...) |
-//! | `twinlink_dr_queries_received_total` | counter | `result` | other twins' queries for shared data: `answered` (verified and passed to the twins that share) or why refused (`bad_signature`, `replayed`, `unknown_authority`, `name_mismatch`, `oversize`, ...) |
+//! | `twinlink_dr_queries_received_total` | counter | `result` | other twins' queries for shared data: `verified` (passed to the twins that share) or why refused (`bad_signature`, `replayed`, `unknown_authority`, `name_mismatch`, `oversize`, `overflow`, `busy`, ...) |
 //! | `twinlink_dr_queries_sent_total` | counter | `result` | the host's queries for hazards ahead of its fetching twins: `sent`, `failed`, `signing_failed` |
 //! | `twinlink_dr_query_replies_total` | counter | `result` | replies to the host's queries: `received` (then verified like any disclosure), `error` |
 
@@ -191,7 +191,7 @@ impl HostMetrics {
         );
         registry.register(
             "queries_received",
-            "Other twins' queries for shared data: answered, or why refused",
+            "Other twins' queries for shared data: verified, or why refused",
             m.queries_received.clone(),
         );
         registry.register(

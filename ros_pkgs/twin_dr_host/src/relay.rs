@@ -226,6 +226,13 @@ pub enum Outcome {
     },
 }
 
+/// What a query asks of [`TwinSharing::disclose`]: only hazards under `name`.
+struct Want<'a> {
+    name: &'a DataName,
+    /// Denials are not counted or reported (the hazard lies in another tile).
+    quiet_denial: bool,
+}
+
 /// Why a verified disclosure was not taken by a twin (not errors: counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignored {
@@ -270,8 +277,12 @@ pub struct PolicyOrigin {
     /// The operator who set it (for `operator`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
-    /// When it was set [µs since the Unix epoch]; 0 for `none`.
+    /// When it was set [µs since the Unix epoch, the host's clock]; 0 for `none`.
     pub at_us: u64,
+    /// For a vehicle's policy: its own stamp (the vehicle's clock), which orders it against
+    /// an operator's policy after a restart.
+    #[serde(skip)]
+    pub vehicle_created_us: u64,
 }
 
 impl PolicyOrigin {
@@ -281,15 +292,17 @@ impl PolicyOrigin {
             source: "none",
             operator: None,
             at_us: 0,
+            vehicle_created_us: 0,
         }
     }
 
-    /// Sent by the vehicle at `at_us`.
-    pub fn vehicle(at_us: u64) -> Self {
+    /// Sent by the vehicle, stamped `created_us` by it, taken at `at_us`.
+    pub fn vehicle(at_us: u64, created_us: u64) -> Self {
         PolicyOrigin {
             source: "vehicle",
             operator: None,
             at_us,
+            vehicle_created_us: created_us,
         }
     }
 
@@ -299,6 +312,7 @@ impl PolicyOrigin {
             source: "operator",
             operator: Some(operator.to_string()),
             at_us,
+            vehicle_created_us: 0,
         }
     }
 }
@@ -321,7 +335,16 @@ pub struct TwinSharing {
     last_announce_us: u64,
     stats: SharingStats,
     origin: PolicyOrigin,
+    /// The stamp of the newest policy the vehicle sent (0: none).
+    newest_vehicle_policy_us: u64,
+    /// Hazards withdrawn recently, with when: answered as withdrawals for
+    /// [`WITHDRAWN_KEPT_US`], so that twins that learned them by query forget them.
+    withdrawn: VecDeque<(Incident, u64)>,
 }
+
+/// How long a withdrawn hazard is still answered as a withdrawal [µs] (a receiver forgets
+/// a relayed hazard after 120 s anyway).
+pub const WITHDRAWN_KEPT_US: u64 = 120_000_000;
 
 impl TwinSharing {
     /// A twin that shares nothing until its vehicle sets a policy (default deny), with
@@ -341,6 +364,8 @@ impl TwinSharing {
             last_announce_us: 0,
             stats: SharingStats::default(),
             origin: PolicyOrigin::none(),
+            newest_vehicle_policy_us: 0,
+            withdrawn: VecDeque::new(),
         })
     }
 
@@ -363,7 +388,13 @@ impl TwinSharing {
     /// anything away also rotates the pseudonym at the next disclosure, so that what
     /// follows cannot be linked to what went before.
     pub fn set_policy(&mut self, policy: SharingPolicy, now_us: u64) -> Result<u64, PolicyError> {
-        self.set_policy_from(policy, PolicyOrigin::vehicle(now_us), now_us)
+        self.set_policy_from(policy, PolicyOrigin::vehicle(now_us, now_us), now_us)
+    }
+
+    /// The stamp of the newest policy the vehicle sent (0: none): an operator's policy set
+    /// after it is recorded with it, so that a restart keeps the same one in force.
+    pub fn newest_vehicle_policy_us(&self) -> u64 {
+        self.newest_vehicle_policy_us
     }
 
     /// Where the policy in force came from.
@@ -379,6 +410,10 @@ impl TwinSharing {
         origin: PolicyOrigin,
         now_us: u64,
     ) -> Result<u64, PolicyError> {
+        if origin.source == "vehicle" {
+            self.newest_vehicle_policy_us =
+                self.newest_vehicle_policy_us.max(origin.vehicle_created_us);
+        }
         let before = self.discloser.consent.policy().clone();
         let version = match self.discloser.consent.set(policy, now_us) {
             Ok(v) => v,
@@ -480,6 +515,11 @@ impl TwinSharing {
                 self.seen_us.remove(id);
                 incident.expires = ros_time(now_us);
                 out.extend(self.disclose(&incident, true, Audience::Unknown, None, issuer, now_us));
+                self.withdrawn.retain(|(i, _)| i.incident_id != *id);
+                self.withdrawn.push_back((incident, now_us));
+                if self.withdrawn.len() > MAX_SHARED_HAZARDS {
+                    self.withdrawn.pop_front();
+                }
             }
         }
         for incident in changes.new.into_iter().chain(changes.updated) {
@@ -544,33 +584,67 @@ impl TwinSharing {
         if name.category != Category::Hazards {
             return Vec::new();
         }
+        while self
+            .withdrawn
+            .front()
+            .is_some_and(|(_, at)| now_us.saturating_sub(*at) > WITHDRAWN_KEPT_US)
+        {
+            self.withdrawn.pop_front();
+        }
         let grid = self.discloser.grid;
-        let candidates: Vec<Incident> = self
+        // Coarsening moves a position by up to the rule's precision: hazards that far from
+        // the tile may land in it.
+        let reach = self
+            .discloser
+            .consent
+            .rule(SharedObservation::CATEGORY_HAZARDS)
+            .map_or(0.0, |r| f64::from(r.spatial_precision))
+            .max(ROUTE_MARGIN_M);
+        let near = |i: &Incident| {
+            grid.tiles_near(i.position.x, i.position.y, reach)
+                .contains(&name.tile)
+        };
+        let active: Vec<Incident> = self
             .order
             .iter()
             .filter_map(|id| self.active.get(id))
-            .filter(|i| {
-                grid.tiles_near(i.position.x, i.position.y, ROUTE_MARGIN_M)
-                    .contains(&name.tile)
-            })
+            .filter(|i| near(i))
             .cloned()
             .collect();
-        candidates
+        let withdrawn: Vec<Incident> = self
+            .withdrawn
             .iter()
-            .filter_map(|incident| {
-                self.disclose(incident, false, audience, Some(name), issuer, now_us)
-            })
-            .collect()
+            .map(|(i, _)| i)
+            .filter(|i| near(i))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for (incident, withdrawal) in active
+            .iter()
+            .map(|i| (i, false))
+            .chain(withdrawn.iter().map(|i| (i, true)))
+        {
+            let in_tile = grid.tile_of(incident.position.x, incident.position.y) == name.tile;
+            // A denial concerns the asked tile only if the hazard lies in it; a
+            // neighbour's is neither counted nor recorded for this query.
+            let want = Want {
+                name,
+                quiet_denial: !in_tile,
+            };
+            out.extend(self.disclose(incident, withdrawal, audience, Some(want), issuer, now_us));
+        }
+        out
     }
 
     /// Decides, coarsens and seals one hazard for `audience`; `None` when `want` names
-    /// another tile than the coarsened hazard's (a query for a neighbouring tile).
+    /// another tile than the coarsened hazard's (a query for a neighbouring tile), or for a
+    /// quiet denial.
     fn disclose(
         &mut self,
         incident: &Incident,
         withdrawal: bool,
         audience: Audience,
-        want: Option<&DataName>,
+        want: Option<Want>,
         issuer: &PseudonymIssuer,
         now_us: u64,
     ) -> Option<Outcome> {
@@ -592,6 +666,9 @@ impl TwinSharing {
         };
         observation.header.stamp = ros_time(seen);
         let denied = |this: &mut Self, reason: &'static str| {
+            if want.as_ref().is_some_and(|w| w.quiet_denial) {
+                return None;
+            }
             *this.stats.denied.entry(reason).or_default() += 1;
             let before = if withdrawal {
                 None
@@ -616,7 +693,7 @@ impl TwinSharing {
             return denied(self, "bad_tile");
         };
         let name = DataName::new(Category::Hazards, tile);
-        if want.is_some_and(|w| *w != name) {
+        if want.as_ref().is_some_and(|w| *w.name != name) {
             return None;
         }
         let Ok(bytes) = disclosure.to_bytes() else {
@@ -825,7 +902,7 @@ mod tests {
         assert!(s
             .answer(&objects, Audience::SameFleet, &issuer, T0 + 5)
             .is_empty());
-        // A withdrawn hazard is not answered any more.
+        // A hazard resolved...
         let _ = s.on_changes(
             HazardChanges {
                 resolved: vec!["h1".into()],
@@ -834,8 +911,20 @@ mod tests {
             &issuer,
             T0 + 6,
         );
+        // ...then answered as a withdrawal for a while (twins that learned it by query
+        // forget it), then not at all.
+        let out = s.answer(&name, Audience::SameFleet, &issuer, T0 + 7);
+        let [Outcome::Disclosed(d)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(d.withdrawal);
         assert!(s
-            .answer(&name, Audience::SameFleet, &issuer, T0 + 7)
+            .answer(
+                &name,
+                Audience::SameFleet,
+                &issuer,
+                T0 + 8 + WITHDRAWN_KEPT_US
+            )
             .is_empty());
     }
 

@@ -131,6 +131,9 @@ pub struct OperatorPolicy {
     pub set_at_us: u64,
     /// Who set it (the operator's name from the host's token file).
     pub operator: String,
+    /// The stamp of the newest policy the vehicle had sent when this was set (0: none): a
+    /// stored vehicle policy stamped later replaced this one.
+    pub after_vehicle_policy_us: u64,
     /// The `twin_msgs/SharingPolicy`, CDR.
     #[serde(with = "serde_bytes")]
     pub policy: Vec<u8>,
@@ -542,6 +545,7 @@ mod tests {
         let first = OperatorPolicy {
             set_at_us: 1,
             operator: "alice".into(),
+            after_vehicle_policy_us: 0,
             policy: vec![1, 2, 3],
         };
         {
@@ -554,6 +558,7 @@ mod tests {
         let second = OperatorPolicy {
             set_at_us: 2,
             operator: "bob".into(),
+            after_vehicle_policy_us: 7,
             policy: vec![4],
         };
         store.set_operator_policy("veh-1", &second).unwrap();

@@ -578,15 +578,15 @@ impl Twin {
                 }) * 1e6)
                     .max(0.0) as u64,
             );
-            match self.world.add_incident(&incident, now, Source::Relayed) {
-                Ok(_) => {
-                    if self.sharing.forward_relayed(&incident, withdrawal, now) {
-                        kept.push(incident);
-                    }
-                }
-                // Verified, but not a hazard this twin's world can hold (e.g. off the
-                // road's geometry): counted with the twin's refused inputs.
-                Err(_) => self.refused += 1,
+            // One the world does not take is off this vehicle's route: counted by the
+            // host (`relay_ignored_total{reason="off_route"}`) when none is kept.
+            if self
+                .world
+                .add_incident(&incident, now, Source::Relayed)
+                .is_ok()
+                && self.sharing.forward_relayed(&incident, withdrawal, now)
+            {
+                kept.push(incident);
             }
         }
         let mut observation = verified.observation.clone();

@@ -667,14 +667,19 @@ fn same_fleet_hazards_reach_only_the_fleets_twins_that_ask_by_name() {
 
     // The twins that join now learn it by asking: veh-1's of the same fleet does...
     let mut pe1 = connect(&rt, &host_a, "veh-1", 1000.0, Some(policy(None, true, 0)));
+    let joined = now_us();
     let mut pe9 = connect(&rt, &host_c, "veh-9", 1000.0, Some(policy(None, true, 0)));
-    let got1 = relayed(&rt, &mut pe1, Duration::from_secs(12), true);
+    let got1 = relayed(&rt, &mut pe1, Duration::from_secs(8), true);
     assert_eq!(
         got1.len(),
         1,
         "veh-1's twin asked tile 3_0 and got veh-2's hazard"
     );
-    let (_, obs1) = &got1[0];
+    let (at1, obs1) = &got1[0];
+    // At once, not after a query period (5 s): a tile is asked as soon as a twin wants it.
+    let after_ms = (*at1 - joined) as f64 / 1000.0;
+    eprintln!("the late joiner learned it {after_ms:.0} ms after connecting");
+    assert!(after_ms < 4500.0, "{after_ms:.0} ms");
     assert_eq!(hazard_xs(obs1), vec![3000.0]);
     assert_eq!(obs1.region_tile, "3_0");
     // ...veh-9's of another fleet asks too, and gets nothing.
@@ -703,7 +708,7 @@ fn same_fleet_hazards_reach_only_the_fleets_twins_that_ask_by_name() {
     for result in ["unsigned", "name_mismatch", "unknown_authority"] {
         assert!(query_metric(result) >= 1.0, "{result} counted");
     }
-    assert!(query_metric("answered") >= 2.0);
+    assert!(query_metric("verified") >= 2.0);
     // A genuine query of the fleet gets the hazard, to the querier alone.
     assert_eq!(
         ask(&rt, &session, key, signed_query(&fleet_a, "hazards/3_0")),
@@ -718,13 +723,13 @@ fn same_fleet_hazards_reach_only_the_fleets_twins_that_ask_by_name() {
         host.stop();
     }
 
-    // Nothing of veh-2's hazard was ever published.
-    let mut verifier =
-        Verifier::new("fleet-a", fleet_a.public_key(), VerifierConfig::default()).unwrap();
-    for (at, key, bytes) in heard.lock().unwrap().iter() {
-        if let Ok(v) = verifier.verify(bytes, *at) {
+    // Nothing of veh-2's hazard was ever published (read without verifying: anything
+    // that looks like it counts).
+    for (_, key, bytes) in heard.lock().unwrap().iter() {
+        assert!(!key.ends_with("/3_0"), "{key}: published in veh-2's tile");
+        if let Ok(d) = Disclosure::from_bytes(bytes) {
             assert!(
-                !hazard_xs(&v.observation).contains(&3000.0),
+                !hazard_xs(&d.observation).contains(&3000.0),
                 "{key}: a same-fleet hazard on the open keys"
             );
         }
