@@ -248,3 +248,7 @@ fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The allocator the DR host runs with (`twin-dr-host`), so that the figure is the host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
