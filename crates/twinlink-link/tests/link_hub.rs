@@ -101,9 +101,14 @@ async fn a_dr_hub_serves_many_link_ends_and_each_gets_only_its_own_vehicle() {
         dr_tasks.push(tokio::spawn(async move {
             end.wait_peer_up(Duration::from_secs(20)).await.unwrap();
             let got = echo(&mut end, MESSAGES as usize).await;
-            // Keep answering heartbeats until the vehicle has everything.
             let stats = end.stats();
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Keep driving the end (acknowledgements, retransmissions, heartbeats) until the
+            // vehicle has acknowledged every answer: a fixed wait is too short on a loaded
+            // machine, and an inline end does nothing while nobody polls it.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while end.stats().sender.in_flight > 0 && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout(Duration::from_millis(100), end.recv()).await;
+            }
             end.close().await;
             (got, stats)
         }));
