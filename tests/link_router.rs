@@ -5,33 +5,18 @@
 //! reorders or tampers with may be accepted: the DR applies exactly what the PE sent, in
 //! order, and counts every refusal under its reason.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{free_port, work_dir};
 use serde_json::Value;
-use twinlink_launch::{workspace_binary, workspace_root, Supervised};
+use twinlink_launch::{workspace_binary, Supervised};
 use twinlink_link::link::zenoh_config;
 use twinlink_link::{TwinKeys, VehicleId};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = workspace_root()
-        .join("target/e2e")
-        .join(format!("{name}_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn provision(dir: &Path, vehicle: &str) {
     let status = Command::new(workspace_binary("twinctl").unwrap())

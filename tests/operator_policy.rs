@@ -4,13 +4,16 @@
 //! twin's audit log under the operator's name, survives a `kill -9` of the host, and is
 //! replaced by a newer policy from the vehicle.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{free_port, work_dir};
 use serde_json::Value;
-use twinlink_launch::{workspace_binary, workspace_root, Supervised};
+use twinlink_launch::{workspace_binary, Supervised};
 use twinlink_link::link::now_us;
 use twinlink_link::minimal::{ros_time, to_link};
 use twinlink_link::{Link, LinkConfig, Priority, ZenohSettings};
@@ -24,23 +27,6 @@ type Heard = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 
 const OPERATOR_TOKEN: &str = "op-7f3a9c2e51d84b06a1";
 const VIEWER_TOKEN: &str = "view-2b8e4f61c09d7a35";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = workspace_root()
-        .join("target/e2e")
-        .join(format!("{name}_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    dir
-}
 
 fn twinctl(args: &[&str], token: Option<&str>) -> Output {
     let mut c = Command::new(workspace_binary("twinctl").unwrap());
@@ -164,6 +150,7 @@ fn state(x: f64) -> VehicleState {
 #[test]
 fn operators_set_policies_that_are_enforced_audited_and_durable() {
     let dir = work_dir("operator_policy");
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
     let (authority, args) = fleet_files(&dir);
     let mut host = Host {
         endpoint: format!("tcp/127.0.0.1:{}", free_port()),

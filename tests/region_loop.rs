@@ -4,12 +4,15 @@
 //! the tile coming back to every twin on the route by name. A thirteenth vehicle that set
 //! no policy contributes nothing.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use twinlink_launch::{workspace_binary, workspace_root, Supervised};
+use common::{free_port, work_dir};
+use twinlink_launch::{workspace_binary, Supervised};
 use twinlink_link::link::now_us;
 use twinlink_link::minimal::{ros_time, to_link};
 use twinlink_link::{KeyMaterial, Link, LinkConfig, Priority, VehicleId, ZenohSettings};
@@ -18,23 +21,6 @@ use twinlink_msgs::twin_msgs::msg::{
 };
 
 const CONSENTING: usize = 12;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = workspace_root()
-        .join("target/e2e")
-        .join(format!("{name}_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    dir
-}
 
 fn log(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(format!("{name}.log"))).unwrap()
@@ -73,6 +59,7 @@ fn state(vehicle: &str, x: f64) -> VehicleState {
 #[test]
 fn twins_census_becomes_a_k_anonymous_tile_that_comes_back_to_them() {
     let dir = work_dir("region_loop");
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
     let (region_port, host_port) = (free_port(), free_port());
     let region_endpoint = format!("tcp/127.0.0.1:{region_port}");
     let host_endpoint = format!("tcp/127.0.0.1:{host_port}");

@@ -668,7 +668,16 @@ impl Verifier {
         bytes: &[u8],
         now_us: u64,
     ) -> Result<(Query, Origin), Rejection> {
-        let signed = SignedQuery::from_bytes(bytes)?;
+        self.verify_signed_query(SignedQuery::from_bytes(bytes)?, now_us)
+    }
+
+    /// Verifies a decoded signed query received at `now_us` (for a caller that read it
+    /// already, e.g. to check its name first); returns who asks.
+    pub fn verify_signed_query(
+        &mut self,
+        signed: SignedQuery,
+        now_us: u64,
+    ) -> Result<(Query, Origin), Rejection> {
         if signed.query.data_name().is_none() {
             return Err(Rejection::Malformed(format!(
                 "{:?} is not a data name",

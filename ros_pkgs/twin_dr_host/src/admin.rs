@@ -290,14 +290,7 @@ async fn twin(
     UrlPath(vehicle): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.authorize(&headers, Role::Viewer) {
-        return r;
-    }
-    match s.ask(|tx| AdminRequest::Get(vehicle.clone(), tx)).await {
-        Ok(Some(v)) => json(&v),
-        Ok(None) => not_hosted(&vehicle),
-        Err(r) => r,
-    }
+    one_twin(&s, &headers, vehicle, AdminRequest::Get).await
 }
 
 async fn get_policy(
@@ -305,13 +298,20 @@ async fn get_policy(
     UrlPath(vehicle): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+    one_twin(&s, &headers, vehicle, AdminRequest::GetPolicy).await
+}
+
+/// A viewer's question about one twin: its answer as JSON, or 404 when it is not hosted.
+async fn one_twin(
+    s: &AdminState,
+    headers: &HeaderMap,
+    vehicle: String,
+    request: fn(String, oneshot::Sender<Option<Value>>) -> AdminRequest,
+) -> Response {
+    if let Err(r) = s.authorize(headers, Role::Viewer) {
         return r;
     }
-    match s
-        .ask(|tx| AdminRequest::GetPolicy(vehicle.clone(), tx))
-        .await
-    {
+    match s.ask(|tx| request(vehicle.clone(), tx)).await {
         Ok(Some(v)) => json(&v),
         Ok(None) => not_hosted(&vehicle),
         Err(r) => r,

@@ -499,8 +499,11 @@ fn went_dormant(shared: &Shared, slots: &HashMap<String, Slot>, vehicle: &str) {
 /// A twin rebuilt from the store: the newest vehicle state and the recommendation sequence.
 fn restore(shared: &Shared, vehicle: &str) -> Twin {
     let mut twin = Twin::new(vehicle, &shared.config.settings);
-    match shared.store.latest(vehicle) {
-        Ok(latest) => {
+    // One read of the twin's record serves its newest messages and its link.
+    match shared.store.twin(vehicle).map(Option::unwrap_or_default) {
+        Ok(record) => {
+            twin.resume_sequence(record.link.recommendation_seq);
+            let latest = record.latest;
             // The vehicle's newest policy and the operator's: whichever the twin took last
             // holds (an operator's policy records the vehicle's policy it followed).
             let mut vehicle_policy = None;
@@ -558,9 +561,6 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
             }
         }
         Err(e) => warn!(%vehicle, error = %e, "reading the durable state failed; starting empty"),
-    }
-    if let Ok(Some(record)) = shared.store.link(vehicle) {
-        twin.resume_sequence(record.recommendation_seq);
     }
     twin
 }
@@ -904,13 +904,14 @@ fn query_in(
     };
     // The name first: a copy asked under another key must not use up the query's id in
     // the replay guard before the original arrives.
-    let signed_name = match twinlink_share::SignedQuery::from_bytes(&bytes) {
-        Ok(q) => q.query.name,
+    let signed = match twinlink_share::SignedQuery::from_bytes(&bytes) {
+        Ok(q) => q,
         Err(e) => {
             let e = twinlink_share::Rejection::from(e);
             return refuse(log, e.as_str(), e.to_string());
         }
     };
+    let signed_name = signed.query.name.clone();
     let name = match (
         signed_name.parse::<DataName>().ok(),
         keys::share_name_of(query.key_expr().as_str()),
@@ -938,7 +939,7 @@ fn query_in(
             format!("{MAX_OPEN_QUERIES} queries are being answered"),
         );
     }
-    let (asked, origin) = match verifier.verify_query(&bytes, now_us()) {
+    let (asked, origin) = match verifier.verify_signed_query(signed, now_us()) {
         Ok(v) => v,
         Err(e) => return refuse(log, e.as_str(), e.to_string()),
     };
@@ -994,12 +995,7 @@ async fn answer_query(
                     Ok(()) => "answered",
                     Err(e) => {
                         warn!(vehicle = twin.vehicle(), error = %e, "replying to a query failed");
-                        audit.append(
-                            Kind::Disclosure,
-                            json!({"direction": "out", "decision": "not_sent", "reason": "reply_failed",
-                                   "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id, "at_us": now_us()}),
-                            b"",
-                        )?;
+                        record_not_sent(audit, "reply_failed", &d.pseudonym, d.disclosure_id)?;
                         "reply_failed"
                     }
                 };
@@ -1009,18 +1005,15 @@ async fn answer_query(
                 hazard_id,
                 reason,
                 repeated,
-            } => {
-                HostMetrics::count(&shared.metrics.disclosures, "result", reason);
-                if !repeated {
-                    audit.append(
-                        Kind::Disclosure,
-                        json!({"direction": "out", "decision": "denied", "reason": reason,
-                               "category": SHARE_CATEGORY, "hazard": hazard_id, "via": "query",
-                               "audience": job.audience.as_str(), "at_us": now}),
-                        b"",
-                    )?;
-                }
-            }
+            } => record_denial(
+                shared,
+                audit,
+                &hazard_id,
+                reason,
+                repeated,
+                Some(job.audience),
+                now,
+            )?,
         }
     }
     Ok(())
@@ -1681,31 +1674,56 @@ async fn share_out(shared: &Shared, twin: &mut Twin, audit: &mut AuditLog) -> an
                     HostMetrics::count(&shared.metrics.disclosures, "result", "publish_failed");
                     warn!(vehicle = twin.vehicle(), error = %e, "publishing a disclosure failed");
                     // The record above says what was decided; this one that it did not leave.
-                    audit.append(
-                        Kind::Disclosure,
-                        json!({"direction": "out", "decision": "not_sent", "reason": "publish_failed",
-                               "pseudonym": d.pseudonym, "disclosure_id": d.disclosure_id, "at_us": now_us()}),
-                        b"",
-                    )?;
+                    record_not_sent(audit, "publish_failed", &d.pseudonym, d.disclosure_id)?;
                 }
             }
             Outcome::Denied {
                 hazard_id,
                 reason,
                 repeated,
-            } => {
-                HostMetrics::count(&shared.metrics.disclosures, "result", reason);
-                if !repeated {
-                    audit.append(
-                        Kind::Disclosure,
-                        json!({"direction": "out", "decision": "denied", "reason": reason,
-                               "category": SHARE_CATEGORY, "hazard": hazard_id, "at_us": now}),
-                        b"",
-                    )?;
-                }
-            }
+            } => record_denial(shared, audit, &hazard_id, reason, repeated, None, now)?,
         }
     }
+    Ok(())
+}
+
+/// Counts a consent's denial and records it in the audit log unless it repeats the last
+/// one of that hazard; `query_audience` for a denial in answer to a query.
+fn record_denial(
+    shared: &Shared,
+    audit: &mut AuditLog,
+    hazard_id: &str,
+    reason: &str,
+    repeated: bool,
+    query_audience: Option<twinlink_share::Audience>,
+    now: u64,
+) -> anyhow::Result<()> {
+    HostMetrics::count(&shared.metrics.disclosures, "result", reason);
+    if !repeated {
+        let mut detail = json!({"direction": "out", "decision": "denied", "reason": reason,
+                                "category": SHARE_CATEGORY, "hazard": hazard_id, "at_us": now});
+        if let Some(audience) = query_audience {
+            detail["via"] = "query".into();
+            detail["audience"] = audience.as_str().into();
+        }
+        audit.append(Kind::Disclosure, detail, b"")?;
+    }
+    Ok(())
+}
+
+/// Records that a disclosure already recorded as decided did not leave, and why.
+fn record_not_sent(
+    audit: &mut AuditLog,
+    reason: &str,
+    pseudonym: &str,
+    disclosure_id: u64,
+) -> anyhow::Result<()> {
+    audit.append(
+        Kind::Disclosure,
+        json!({"direction": "out", "decision": "not_sent", "reason": reason,
+               "pseudonym": pseudonym, "disclosure_id": disclosure_id, "at_us": now_us()}),
+        b"",
+    )?;
     Ok(())
 }
 
