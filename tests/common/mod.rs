@@ -24,3 +24,51 @@ pub fn work_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A PostgreSQL server of the test's own on loopback (`scripts/postgres-local.sh`), stopped
+/// at once and removed when dropped.
+pub struct Postgres {
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl Postgres {
+    /// Creates and starts a server named after `name`.
+    pub fn start(name: &str) -> Postgres {
+        // Under the system's temporary directory: the server runs as the `postgres` user,
+        // which must reach its directory.
+        let dir = std::env::temp_dir().join(format!("twinlink-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = free_port();
+        let script = workspace_root().join("scripts/postgres-local.sh");
+        let out = std::process::Command::new(&script)
+            .arg("start")
+            .arg(&dir)
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "starting PostgreSQL failed (scripts/setup.sh installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Postgres { dir, port, url }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let script = workspace_root().join("scripts/postgres-local.sh");
+        let _ = std::process::Command::new(script)
+            .arg("kill")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("initdb.log"));
+    }
+}

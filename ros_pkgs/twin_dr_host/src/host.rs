@@ -24,7 +24,7 @@
 //! in the twin's hash-chained, signed audit log ([`crate::audit`]), written through to the
 //! operating system before the acknowledgement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +52,7 @@ use twinlink_share::{
 
 use crate::admin::{self, AdminRequest};
 use crate::audit::{AuditConfig, AuditLog, Kind};
+use crate::fleet::OwnershipEvent;
 use crate::metrics::HostMetrics;
 use crate::relay::{route_tiles, Outcome, ShareConfig, ROUTE_MARGIN_M};
 use crate::store::{Store, StoredMessage, WriteOp, Writer, WriterHandle};
@@ -71,8 +72,14 @@ pub const REGION_TRAFFIC: &str = "traffic";
 pub struct HostConfig {
     /// Directory of `<vehicle>.dr.key` files.
     pub keys_dir: PathBuf,
-    /// Directory of durable state: `host.redb` and one folder per twin (its audit log).
+    /// Directory of durable state: `host.redb` (without a fleet database).
     pub data_dir: PathBuf,
+    /// Directory of the twins' audit logs (one folder per twin). Hosts of one fleet share
+    /// it (a network file system), so that a twin's history goes on where it moves.
+    pub audit_dir: PathBuf,
+    /// The fleet's shared database (`None`: this host keeps its own state and serves every
+    /// provisioned vehicle).
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// How the host joins Zenoh.
     pub zenoh: ZenohSettings,
     /// What every twin is built with.
@@ -189,6 +196,8 @@ struct Slot {
     /// Whether the twin shares any hazard now (set by its task): only those are asked to
     /// answer other twins' queries.
     sharing: Arc<AtomicBool>,
+    /// Its shard is being given to another host: not woken again.
+    leaving: bool,
 }
 
 /// Work on a twin and its audit log, run by whoever holds the twin (its task when
@@ -252,12 +261,32 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
+    std::fs::create_dir_all(&config.audit_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "creating the audit directory {}: {e}",
+            config.audit_dir.display()
+        )
+    })?;
     let metrics = HostMetrics::new();
-    let store = Store::open_with_cache(
-        &config.data_dir.join("host.redb"),
-        config.retention,
-        config.store_cache_bytes,
-    )?;
+    let (store, mut ownership) = match &config.fleet {
+        None => (
+            Store::open_with_cache(
+                &config.data_dir.join("host.redb"),
+                config.retention,
+                config.store_cache_bytes,
+            )?,
+            None,
+        ),
+        Some(fleet) => {
+            let fleet = fleet.clone();
+            // The database client blocks: connect off the runtime's workers.
+            let (store, events) =
+                tokio::task::spawn_blocking(move || crate::fleet::SharedStore::join(fleet))
+                    .await??;
+            let shards = store.shards();
+            (Store::Shared(store), Some(Ownership::new(events, shards)))
+        }
+    };
     let m = metrics.clone();
     let writer = Writer::start(store.clone(), move |n, took, ok| {
         let result = if ok { "ok" } else { "failed" };
@@ -363,7 +392,7 @@ pub async fn run(
     let mut tasks: JoinSet<(String, Box<Twin>)> = JoinSet::new();
     let mut task_vehicle: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut scan = ScanState::default();
-    rescan(&shared, &mut slots, &mut scan);
+    rescan(&shared, &mut slots, &mut scan, ownership.as_ref());
     info!(twins = slots.len(), admin = ?admin_addr, "DR host running");
     if let Some(ready) = ready {
         let _ = ready.send(admin_addr);
@@ -379,8 +408,18 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut scan),
+            _ = rescan_tick.tick() => rescan(&shared, &mut slots, &mut scan, ownership.as_ref()),
+            Some(event) = async { ownership.as_mut()?.events.recv().await }, if ownership.is_some() => {
+                let own = ownership.as_mut().expect("guarded");
+                own.on_event(&shared, &mut slots, &scan, event);
+                for v in &present {
+                    activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
+                }
+            }
             _ = retry_tick.tick() => {
+                if let Some(own) = ownership.as_mut() {
+                    own.finish_releases(&shared, &mut slots);
+                }
                 for v in &present {
                     activate(&shared, &mut slots, &mut tasks, &mut task_vehicle, v);
                 }
@@ -498,9 +537,33 @@ fn went_dormant(shared: &Shared, slots: &HashMap<String, Slot>, vehicle: &str) {
 
 /// A twin rebuilt from the store: the newest vehicle state and the recommendation sequence.
 fn restore(shared: &Shared, vehicle: &str) -> Twin {
-    let mut twin = Twin::new(vehicle, &shared.config.settings);
     // One read of the twin's record serves its newest messages and its link.
-    match shared.store.twin(vehicle).map(Option::unwrap_or_default) {
+    restore_from(
+        shared,
+        vehicle,
+        shared.store.twin(vehicle),
+        shared.store.operator_policy(vehicle),
+    )
+}
+
+/// Twins rebuilt from the store, read for all at once.
+fn restore_many(shared: &Shared, vehicles: Vec<String>) -> Vec<Twin> {
+    let records = shared.store.restore_many(&vehicles);
+    vehicles
+        .iter()
+        .zip(records)
+        .map(|(v, (record, operator))| restore_from(shared, v, record, operator))
+        .collect()
+}
+
+fn restore_from(
+    shared: &Shared,
+    vehicle: &str,
+    record: Result<Option<crate::store::TwinRecord>, crate::store::StoreError>,
+    operator: Result<Option<crate::store::OperatorPolicy>, crate::store::StoreError>,
+) -> Twin {
+    let mut twin = Twin::new(vehicle, &shared.config.settings);
+    match record.map(Option::unwrap_or_default) {
         Ok(record) => {
             twin.resume_sequence(record.link.recommendation_seq);
             let latest = record.latest;
@@ -518,7 +581,7 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
                     }
                 }
             }
-            let operator: Result<_, String> = match shared.store.operator_policy(vehicle) {
+            let operator: Result<_, String> = match operator {
                 Ok(None) => Ok(None),
                 Ok(Some(set)) => twinlink_msgs::codec::decode::<SharingPolicy>(&set.policy)
                     .map(|policy| Some((set, policy)))
@@ -572,13 +635,156 @@ struct ScanState {
     refused: HashMap<PathBuf, std::time::SystemTime>,
     /// The directory's modification time and when it was last read in full.
     last: Option<(std::time::SystemTime, Instant)>,
+    /// Every vehicle provisioned (a fleet's host serves those of the shards it owns).
+    provisioned: HashMap<String, KeyMaterial>,
+}
+
+fn new_slot(material: KeyMaterial, twin: Twin) -> Slot {
+    Slot {
+        material,
+        state: SlotState::Dormant(Box::new(twin)),
+        backoff_until: None,
+        applying: Arc::new(AtomicU64::new(NOT_APPLYING)),
+        poison: None,
+        sharing: Arc::new(AtomicBool::new(false)),
+        leaving: false,
+    }
+}
+
+/// What a host of a fleet owns, as its loop sees it.
+struct Ownership {
+    events: mpsc::UnboundedReceiver<OwnershipEvent>,
+    shards: u32,
+    owned: HashSet<u32>,
+    /// Shards being given back: their twins are stopping.
+    releasing: BTreeSet<u32>,
+}
+
+impl Ownership {
+    fn new(events: mpsc::UnboundedReceiver<OwnershipEvent>, shards: u32) -> Self {
+        Ownership {
+            events,
+            shards,
+            owned: HashSet::new(),
+            releasing: BTreeSet::new(),
+        }
+    }
+
+    fn shard(&self, vehicle: &str) -> u32 {
+        crate::fleet::shard_of(vehicle, self.shards)
+    }
+
+    /// Whether this host serves `vehicle` now.
+    fn owns(&self, vehicle: &str) -> bool {
+        let s = self.shard(vehicle);
+        self.owned.contains(&s) && !self.releasing.contains(&s)
+    }
+
+    fn on_event(
+        &mut self,
+        shared: &Shared,
+        slots: &mut HashMap<String, Slot>,
+        scan: &ScanState,
+        event: OwnershipEvent,
+    ) {
+        match event {
+            OwnershipEvent::Gained(shards) => {
+                shared.metrics.count_ownership("gained", shards.len());
+                self.owned.extend(&shards);
+                let mine: Vec<(String, KeyMaterial)> = scan
+                    .provisioned
+                    .iter()
+                    .filter(|(v, _)| !slots.contains_key(*v) && self.owns(v))
+                    .map(|(v, m)| (v.clone(), m.clone()))
+                    .collect();
+                let restored = restore_many(shared, mine.iter().map(|(v, _)| v.clone()).collect());
+                for ((vehicle, material), twin) in mine.into_iter().zip(restored) {
+                    slots.insert(vehicle, new_slot(material, twin));
+                }
+                info!(shards = ?shards, twins = slots.len(), "serving the twins of new shards");
+            }
+            OwnershipEvent::Lost(shards) => {
+                shared.metrics.count_ownership("lost", shards.len());
+                for s in &shards {
+                    self.owned.remove(s);
+                    self.releasing.remove(s);
+                }
+                // The writes of their twins are refused already: stop them now.
+                let gone: Vec<String> = slots
+                    .keys()
+                    .filter(|v| shards.contains(&self.shard(v)))
+                    .cloned()
+                    .collect();
+                for v in gone {
+                    if let Some(Slot {
+                        state: SlotState::Active(tx),
+                        ..
+                    }) = slots.remove(&v)
+                    {
+                        let _ = tx.send(DrCommand::Shutdown);
+                    }
+                }
+                warn!(shards = ?shards, "shards lost; their twins stopped");
+            }
+            OwnershipEvent::Release(shards) => {
+                shared.metrics.count_ownership("released", shards.len());
+                self.releasing.extend(&shards);
+                for (v, slot) in slots.iter_mut() {
+                    if shards.contains(&crate::fleet::shard_of(v, self.shards)) {
+                        slot.leaving = true;
+                        if let SlotState::Active(tx) = &slot.state {
+                            let _ = tx.send(DrCommand::Shutdown);
+                        }
+                    }
+                }
+            }
+        }
+        shared.metrics.provisioned.set(slots.len() as i64);
+        shared.metrics.owned_shards.set(self.owned.len() as i64);
+    }
+
+    /// Gives back the shards being released whose twins have all stopped.
+    fn finish_releases(&mut self, shared: &Shared, slots: &mut HashMap<String, Slot>) {
+        if self.releasing.is_empty() {
+            return;
+        }
+        let busy: HashSet<u32> = slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot.state, SlotState::Active(_)))
+            .map(|(v, _)| self.shard(v))
+            .collect();
+        let done: Vec<u32> = self
+            .releasing
+            .iter()
+            .filter(|s| !busy.contains(s))
+            .copied()
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        slots.retain(|v, _| !done.contains(&crate::fleet::shard_of(v, self.shards)));
+        for s in &done {
+            self.releasing.remove(s);
+            self.owned.remove(s);
+        }
+        if let Store::Shared(store) = &shared.store {
+            store.released(done);
+        }
+        shared.metrics.provisioned.set(slots.len() as i64);
+        shared.metrics.owned_shards.set(self.owned.len() as i64);
+    }
 }
 
 /// Longest time between two full reads of the keys directory when its modification time
 /// says nothing changed (a key file rewritten in place does not change it).
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
 
-fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanState) {
+fn rescan(
+    shared: &Shared,
+    slots: &mut HashMap<String, Slot>,
+    scan: &mut ScanState,
+    ownership: Option<&Ownership>,
+) {
     let dir = &shared.config.keys_dir;
     // With tens of thousands of key files, reading the directory costs: skip it while the
     // directory is unchanged (a file added, removed or renamed changes its mtime).
@@ -591,7 +797,6 @@ fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanSta
     if let Some(m) = dir_mtime {
         scan.last = Some((m, Instant::now()));
     }
-    let refused = &mut scan.refused;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -607,11 +812,11 @@ fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanSta
         let Some(vehicle) = name.strip_suffix(".dr.key") else {
             continue;
         };
-        if slots.contains_key(vehicle) {
+        if scan.provisioned.contains_key(vehicle) {
             continue;
         }
         let modified = entry.metadata().and_then(|m| m.modified()).ok();
-        if modified.is_some() && refused.get(&path) == modified.as_ref() {
+        if modified.is_some() && scan.refused.get(&path) == modified.as_ref() {
             continue;
         }
         let loaded = VehicleId::new(vehicle)
@@ -619,25 +824,19 @@ fn rescan(shared: &Shared, slots: &mut HashMap<String, Slot>, scan: &mut ScanSta
             .and_then(|id| KeyMaterial::load(&path, &id, Role::Dr).map_err(anyhow::Error::from));
         match loaded {
             Ok(material) => {
-                let twin = restore(shared, vehicle);
-                slots.insert(
-                    vehicle.to_string(),
-                    Slot {
-                        material,
-                        state: SlotState::Dormant(Box::new(twin)),
-                        backoff_until: None,
-                        applying: Arc::new(AtomicU64::new(NOT_APPLYING)),
-                        poison: None,
-                        sharing: Arc::new(AtomicBool::new(false)),
-                    },
-                );
-                shared.metrics.provisioned.set(slots.len() as i64);
+                scan.provisioned
+                    .insert(vehicle.to_string(), material.clone());
+                if ownership.is_none_or(|o| o.owns(vehicle)) {
+                    let twin = restore(shared, vehicle);
+                    slots.insert(vehicle.to_string(), new_slot(material, twin));
+                    shared.metrics.provisioned.set(slots.len() as i64);
+                }
             }
             Err(e) => {
                 shared.metrics.reject("bad_key_file");
                 warn!(file = %path.display(), error = %e, "key file refused");
                 if let Some(m) = modified {
-                    refused.insert(path, m);
+                    scan.refused.insert(path, m);
                 }
             }
         }
@@ -654,7 +853,7 @@ fn activate(
     let Some(slot) = slots.get_mut(vehicle) else {
         return;
     };
-    if slot.backoff_until.is_some_and(|t| Instant::now() < t) {
+    if slot.leaving || slot.backoff_until.is_some_and(|t| Instant::now() < t) {
         return;
     }
     if !matches!(slot.state, SlotState::Dormant(_)) {
@@ -1234,7 +1433,7 @@ fn set_policy(
             let _ = tx.send(DrCommand::Run(job));
         }
         SlotState::Dormant(twin) => {
-            let dir = twin_dir(&shared.config.data_dir, &vehicle);
+            let dir = twin_dir(&shared.config.audit_dir, &vehicle);
             match AuditLog::open(&dir, &slot.material.vehicle, shared.config.audit) {
                 Ok(mut audit) => {
                     job(twin, &mut audit);
@@ -1332,7 +1531,11 @@ async fn twin_loop(
     };
     // A first activation creates the twin's signing key and log (fsyncs): off the runtime's
     // workers, so that other twins' messages do not wait behind it.
-    let (dir, id, audit_settings) = (twin_dir(&c.data_dir, &vehicle), vehicle_id.clone(), c.audit);
+    let (dir, id, audit_settings) = (
+        twin_dir(&c.audit_dir, &vehicle),
+        vehicle_id.clone(),
+        c.audit,
+    );
     let mut audit =
         tokio::task::spawn_blocking(move || AuditLog::open(&dir, &id, audit_settings)).await??;
     let mut config = LinkConfig::new(material, c.zenoh.clone());

@@ -15,7 +15,10 @@
 //! - [`relay`]: what a twin discloses to other twins under its vehicle's consent, and
 //!   what it takes from theirs.
 //! - [`twin`]: one DR, tying the above together without I/O.
-//! - [`store`]: durable state (embedded `redb`) with group commit.
+//! - [`store`]: durable state (embedded `redb`, or the fleet's shared database) with group
+//!   commit.
+//! - [`fleet`]: many hosts over one PostgreSQL database: shared state, which host owns
+//!   which twins, failover.
 //! - [`audit`]: the hash-chained, signed history of every exchange and disclosure.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the operator endpoint.
 //! - [`host`]: thousands of twins on one Zenoh session and tokio runtime.
@@ -25,6 +28,7 @@
 pub mod admin;
 pub mod audit;
 pub mod ego;
+pub mod fleet;
 pub mod hazard_detect;
 pub mod host;
 pub mod metrics;

@@ -72,6 +72,10 @@ pub struct HostMetrics {
     pub relay_delivered: Counter,
     /// Census samples, by result.
     pub census: Family<Labels, Counter>,
+    /// Shards of the fleet this host owns (fleet hosts only).
+    pub owned_shards: Gauge,
+    /// Shards gained, lost or given back (fleet hosts only), by change.
+    pub ownership_changes: Family<Labels, Counter>,
     /// Other twins' queries received, by result.
     pub queries_received: Family<Labels, Counter>,
     /// The host's own queries, by result.
@@ -103,6 +107,8 @@ impl HostMetrics {
             relay_ignored: Family::default(),
             relay_delivered: Counter::default(),
             census: Family::default(),
+            owned_shards: Gauge::default(),
+            ownership_changes: Family::default(),
             queries_received: Family::default(),
             queries_sent: Family::default(),
             query_replies: Family::default(),
@@ -112,6 +118,16 @@ impl HostMetrics {
             "provisioned",
             "Twins hosted (key files found)",
             m.provisioned.clone(),
+        );
+        registry.register(
+            "owned_shards",
+            "Shards of the fleet this host owns (a host of a fleet only)",
+            m.owned_shards.clone(),
+        );
+        registry.register(
+            "ownership_changes",
+            "Shards gained, lost (the database session broke) or given back, by change",
+            m.ownership_changes.clone(),
         );
         registry.register(
             "active",
@@ -219,6 +235,13 @@ impl HostMetrics {
         self.messages
             .get_or_create(&vec![("type", type_name.to_string())])
             .inc();
+    }
+
+    /// Counts `n` shards changing hands (`change`: gained, lost, released).
+    pub fn count_ownership(&self, change: &str, n: usize) {
+        self.ownership_changes
+            .get_or_create(&vec![("change", change.to_string())])
+            .inc_by(n as u64);
     }
 
     /// Counts `value` in the one-label `family` (label `label`).

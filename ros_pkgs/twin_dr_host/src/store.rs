@@ -58,6 +58,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("durable store: {0}")]
     Db(#[from] redb::Error),
+    /// The fleet's shared database failed or refused the request.
+    #[error("fleet database: {0}")]
+    Shared(String),
     /// A stored value did not decode (the file was damaged or written by another version).
     #[error("durable store: a {what} record of {vehicle:?} does not decode: {source}")]
     Corrupt {
@@ -148,20 +151,20 @@ pub struct JournalEntry {
     pub message: StoredMessage,
 }
 
-/// The host's database.
+/// Where a host keeps its twins' durable state: its own embedded database, or the
+/// fleet's shared one (see [`crate::fleet`]). Cheap to clone.
 #[derive(Clone)]
-pub struct Store {
-    db: Arc<Database>,
-    retention: u64,
-    /// The next journal entry number and the number of entries, kept by the writer.
-    journal: Arc<std::sync::Mutex<(u64, u64)>>,
+pub enum Store {
+    /// One `redb` file of this host.
+    Embedded(EmbeddedStore),
+    /// The fleet's PostgreSQL database.
+    Shared(crate::fleet::SharedStore),
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`, keeping the newest `retention` messages
-    /// of the host in its journal, with a page cache of [`DEFAULT_CACHE_BYTES`].
+    /// Opens (or creates) an embedded database at `path` (see [`EmbeddedStore::open`]).
     pub fn open(path: &Path, retention: u64) -> Result<Store, StoreError> {
-        Self::open_with_cache(path, retention, DEFAULT_CACHE_BYTES)
+        EmbeddedStore::open(path, retention).map(Store::Embedded)
     }
 
     /// Like [`Store::open`], with a page cache of `cache_bytes`.
@@ -170,6 +173,125 @@ impl Store {
         retention: u64,
         cache_bytes: usize,
     ) -> Result<Store, StoreError> {
+        EmbeddedStore::open_with_cache(path, retention, cache_bytes).map(Store::Embedded)
+    }
+
+    /// Everything kept of `vehicle`, if it ever received anything durable.
+    pub fn twin(&self, vehicle: &str) -> Result<Option<TwinRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.twin(vehicle),
+            Store::Shared(s) => s.twin(vehicle),
+        }
+    }
+
+    /// The link record of `vehicle`, if it ever received anything durable.
+    pub fn link(&self, vehicle: &str) -> Result<Option<LinkRecord>, StoreError> {
+        Ok(self.twin(vehicle)?.map(|t| t.link))
+    }
+
+    /// The newest stored message of every stream of `vehicle`, oldest first.
+    pub fn latest(&self, vehicle: &str) -> Result<Vec<StoredMessage>, StoreError> {
+        Ok(self.twin(vehicle)?.map(|t| t.latest).unwrap_or_default())
+    }
+
+    /// Records `policy` as the one an operator set for `vehicle`, durably.
+    pub fn set_operator_policy(
+        &self,
+        vehicle: &str,
+        policy: &OperatorPolicy,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.set_operator_policy(vehicle, policy),
+            Store::Shared(s) => s.set_operator_policy(vehicle, policy),
+        }
+    }
+
+    /// The policy an operator last set for `vehicle`, if any.
+    pub fn operator_policy(&self, vehicle: &str) -> Result<Option<OperatorPolicy>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.operator_policy(vehicle),
+            Store::Shared(s) => s.operator_policy(vehicle),
+        }
+    }
+
+    /// Each twin's record and operator policy, for restoring many twins at once (one
+    /// query each against the shared database).
+    #[allow(clippy::type_complexity)]
+    pub fn restore_many(
+        &self,
+        vehicles: &[String],
+    ) -> Vec<(
+        Result<Option<TwinRecord>, StoreError>,
+        Result<Option<OperatorPolicy>, StoreError>,
+    )> {
+        match self {
+            Store::Embedded(s) => vehicles
+                .iter()
+                .map(|v| (s.twin(v), s.operator_policy(v)))
+                .collect(),
+            Store::Shared(s) => {
+                let shared_err = |e: &StoreError| StoreError::Shared(e.to_string());
+                let records = s.twins(vehicles);
+                let policies = s.operator_policies(vehicles);
+                vehicles
+                    .iter()
+                    .map(|v| {
+                        (
+                            records
+                                .as_ref()
+                                .map(|r| r.get(v).cloned())
+                                .map_err(shared_err),
+                            policies
+                                .as_ref()
+                                .map(|p| p.get(v).cloned())
+                                .map_err(shared_err),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Messages of `vehicle` still in the journal from sequence number `from` on, in order.
+    pub fn messages(&self, vehicle: &str, from: u64) -> Result<Vec<StoredMessage>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.messages(vehicle, from),
+            Store::Shared(s) => s.messages(vehicle, from),
+        }
+    }
+
+    /// Commits `ops` in one transaction; returns, per twin, the newest durable sequence
+    /// number (the shared store leaves out twins whose shard this host does not own).
+    pub fn commit(&self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.commit(ops),
+            Store::Shared(s) => s.commit(ops),
+        }
+    }
+}
+
+/// A host's own embedded database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    retention: u64,
+    /// The next journal entry number and the number of entries, kept by the writer.
+    journal: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`, keeping the newest `retention` messages
+    /// of the host in its journal, with a page cache of [`DEFAULT_CACHE_BYTES`].
+    pub fn open(path: &Path, retention: u64) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_cache(path, retention, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`EmbeddedStore::open`], with a page cache of `cache_bytes`.
+    pub fn open_with_cache(
+        path: &Path,
+        retention: u64,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)
@@ -186,7 +308,7 @@ impl Store {
             (next, journal.len().map_err(db_err)?)
         };
         txn.commit().map_err(db_err)?;
-        Ok(Store {
+        Ok(EmbeddedStore {
             db: Arc::new(db),
             retention: retention.max(1),
             journal: Arc::new(std::sync::Mutex::new((next, len))),

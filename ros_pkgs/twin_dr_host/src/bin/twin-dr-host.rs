@@ -24,9 +24,29 @@ struct Args {
     /// rescanned while running.
     #[arg(long)]
     keys: PathBuf,
-    /// Directory of durable state (database and audit logs), created if missing.
+    /// Directory of durable state (the host's own database, and the audit logs unless
+    /// --audit-dir says otherwise), created if missing.
     #[arg(long, default_value = "dr-data")]
     data_dir: PathBuf,
+    /// Directory of the twins' audit logs (default: the data directory). Hosts of one
+    /// fleet share it (a network file system), so that a twin's history goes on where the
+    /// twin moves.
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
+    /// Join a fleet of hosts: the PostgreSQL database (URL, e.g.
+    /// postgresql://twin@127.0.0.1:5432/twin) holding every twin's durable state. The
+    /// host then serves the provisioned vehicles of the shards it owns, and takes over
+    /// those of a host that fails. Without it, the host keeps its own state and serves
+    /// every provisioned vehicle.
+    #[arg(long)]
+    fleet_db: Option<String>,
+    /// This host's name in the fleet (unique among its hosts; default: the machine's host
+    /// name).
+    #[arg(long, requires = "fleet_db")]
+    host_name: Option<String>,
+    /// Shards of the fleet (the same on every host of a fleet).
+    #[arg(long, default_value_t = twin_dr_host::fleet::DEFAULT_SHARDS, requires = "fleet_db")]
+    shards: u32,
     /// Route of the twins' vehicles (JSON road specification, see the package README);
     /// default: a straight 20 km road along x with 3 lanes and a 120 km/h limit.
     #[arg(long)]
@@ -151,9 +171,45 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
             anyhow::anyhow!("--admin {a:?}: {e} (an address like 127.0.0.1:9464, or off)")
         })?),
     };
+    let fleet = match &args.fleet_db {
+        None => None,
+        Some(url) => {
+            if !(1..=4096).contains(&args.shards) {
+                anyhow::bail!("--shards must be within 1..=4096, got {}", args.shards);
+            }
+            let host_name = match &args.host_name {
+                Some(n) => n.clone(),
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default(),
+            };
+            if host_name.is_empty()
+                || host_name.len() > 64
+                || !host_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                anyhow::bail!(
+                    "--host-name {host_name:?}: give 1 to 64 characters of A-Z a-z 0-9 - _ ."
+                );
+            }
+            Some(twin_dr_host::fleet::FleetConfig {
+                url: url.clone(),
+                host_name,
+                admin: match admin {
+                    Some(a) => a.to_string(),
+                    None => String::new(),
+                },
+                shards: args.shards,
+                retention: args.retention.max(1),
+            })
+        }
+    };
     Ok(HostConfig {
         keys_dir: args.keys.clone(),
         data_dir: args.data_dir.clone(),
+        audit_dir: args.audit_dir.clone().unwrap_or_else(|| args.data_dir.clone()),
+        fleet,
         zenoh: args.zenoh.settings()?,
         settings: TwinSettings {
             road: Arc::new(road(&args.road)?),

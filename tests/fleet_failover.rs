@@ -1,0 +1,325 @@
+//! A fleet: three DR host processes over one PostgreSQL database, behind two Zenoh routers,
+//! with vehicles connected through the second router. The host serving the most vehicles
+//! is killed with SIGKILL while they send; its twins must move to the survivors within
+//! 5 s, with every message a vehicle saw acknowledged in the database, each exactly once,
+//! and each twin's audit chain intact across the hosts it ran on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, work_dir, Postgres};
+use twin_dr_host::admin;
+use twin_dr_host::audit;
+use twin_dr_host::fleet::SharedStore;
+use twinlink_launch::{workspace_binary, Supervised};
+use twinlink_link::link::now_us;
+use twinlink_link::minimal::{ros_time, to_link};
+use twinlink_link::{KeyMaterial, Link, LinkConfig, Priority, Role, VehicleId, ZenohSettings};
+use twinlink_msgs::twin_msgs::msg::VehicleState;
+
+const SHARDS: &str = "8";
+
+fn provision(keys: &Path, vehicle: &str) {
+    let status = Command::new(workspace_binary("twinctl").unwrap())
+        .args(["provision", vehicle, "--out"])
+        .arg(keys)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn start_router(dir: &Path, name: &str, listen: &str, connect: Option<&str>) -> Supervised {
+    let mut c = Command::new(workspace_binary("twinlink-router").unwrap());
+    c.args(["--listen", listen]);
+    if let Some(other) = connect {
+        c.args(["--connect", other]);
+    }
+    c.stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    let router = Supervised::spawn(name, c).unwrap();
+    let addr = listen.trim_start_matches("tcp/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    router
+}
+
+struct Host {
+    name: String,
+    admin: String,
+    process: Option<Supervised>,
+}
+
+fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut c = Command::new(workspace_binary("twin-dr-host").unwrap());
+    c.arg("--keys")
+        .arg(dir.join("keys"))
+        .arg("--data-dir")
+        .arg(dir.join(format!("data-{name}")))
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .args([
+            "--fleet-db",
+            db,
+            "--host-name",
+            name,
+            "--shards",
+            SHARDS,
+            "--admin",
+            &admin,
+            "--rescan-ms",
+            "200",
+            "--census-window-s",
+            "0",
+            "--mode",
+            "client",
+            "--connect",
+            router,
+        ])
+        .env("RUST_LOG", "info,zenoh=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    let process = Supervised::spawn(name, c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin::get(&admin, "/metrics", Duration::from_secs(1)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Host {
+        name: name.into(),
+        admin,
+        process: Some(process),
+    }
+}
+
+impl Host {
+    fn metric(&self, name: &str) -> f64 {
+        let Ok((_, text)) = admin::get(&self.admin, "/metrics", Duration::from_secs(2)) else {
+            return 0.0;
+        };
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn state(vehicle: &str, t_us: u64, x: f64) -> VehicleState {
+    let mut s = VehicleState::default();
+    s.header.stamp = ros_time(t_us);
+    s.header.frame_id = "map".into();
+    s.vehicle_id = vehicle.into();
+    s.pose.position.x = x;
+    s.pose.position.y = 3.5;
+    s.pose.orientation.w = 1.0;
+    s.twist.linear.x = 20.0;
+    s.lane_index = 1;
+    s.length = 4.5;
+    s.width = 1.9;
+    s
+}
+
+#[test]
+fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
+    let dir = work_dir("fleet_failover");
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let db = Postgres::start("failover");
+    let vehicles: Vec<String> = (1..=6).map(|i| format!("veh-f{i}")).collect();
+    for v in &vehicles {
+        provision(&dir.join("keys"), v);
+    }
+    let r1 = format!("tcp/127.0.0.1:{}", free_port());
+    let r2 = format!("tcp/127.0.0.1:{}", free_port());
+    let _router1 = start_router(&dir, "router1", &r1, None);
+    let _router2 = start_router(&dir, "router2", &r2, Some(&r1));
+    let mut hosts = vec![
+        start_host(&dir, "host-a", &db.url, &r1),
+        start_host(&dir, "host-b", &db.url, &r1),
+        start_host(&dir, "host-c", &db.url, &r2),
+    ];
+    // The shards settle: every one owned, by three hosts.
+    wait_for(
+        "the shards spread over the hosts",
+        Duration::from_secs(20),
+        || {
+            let owned: Vec<f64> = hosts
+                .iter()
+                .map(|h| h.metric("twinlink_dr_owned_shards"))
+                .collect();
+            owned.iter().sum::<f64>() == 8.0 && owned.iter().all(|&n| n > 0.0)
+        },
+    );
+    let store = SharedStore::open_reader(&db.url).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut links: Vec<Link> = vehicles
+        .iter()
+        .map(|v| {
+            let id = VehicleId::new(v).unwrap();
+            let keys =
+                KeyMaterial::load(&dir.join("keys").join(format!("{v}.pe.key")), &id, Role::Pe)
+                    .unwrap();
+            rt.block_on(Link::open(LinkConfig::new(
+                keys,
+                ZenohSettings::client_of(&r2),
+            )))
+            .unwrap()
+        })
+        .collect();
+    for link in &mut links {
+        rt.block_on(link.wait_peer_up(Duration::from_secs(20)))
+            .unwrap();
+    }
+    // Each message on a stream of its own, so that none supersedes another.
+    let t0 = now_us();
+    let send = |links: &[Link], k: u64| {
+        for (link, v) in links.iter().zip(&vehicles) {
+            let t = t0 + k * 20_000;
+            let m = to_link(
+                &format!("log/{k}"),
+                Priority::Info,
+                &state(v, t, k as f64),
+                t,
+            );
+            link.send(m).unwrap();
+        }
+    };
+    let total = 300u64;
+    for k in 0..100 {
+        send(&links, k);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The victim: the host serving the most of these vehicles.
+    let owners: Vec<String> = vehicles
+        .iter()
+        .map(|v| store.owner_of(v).unwrap().expect("every shard owned"))
+        .collect();
+    let victim_name = ["host-a", "host-b", "host-c"]
+        .into_iter()
+        .max_by_key(|h| owners.iter().filter(|o| o == h).count())
+        .unwrap()
+        .to_string();
+    let moved: Vec<usize> = (0..vehicles.len())
+        .filter(|&i| owners[i] == victim_name)
+        .collect();
+    assert!(!moved.is_empty());
+    let acked = |links: &[Link]| -> Vec<u64> {
+        links
+            .iter()
+            .map(|l| rt.block_on(l.stats()).unwrap().sender.acknowledged)
+            .collect()
+    };
+    let victim = hosts.iter().position(|h| h.name == victim_name).unwrap();
+    hosts[victim].process.take().unwrap().kill();
+    let killed_at = Instant::now();
+    let acked_at_kill = acked(&links);
+    // What the vehicles saw acknowledged is in the database, though the host died.
+    for (i, v) in vehicles.iter().enumerate() {
+        let stored = store.messages(v, 0).unwrap();
+        assert!(
+            stored.len() as u64 >= acked_at_kill[i],
+            "{v}: {} stored, {} acknowledged",
+            stored.len(),
+            acked_at_kill[i]
+        );
+    }
+    // The vehicles keep sending; the moved ones are acknowledged again by a survivor.
+    let mut k = 100;
+    let mut recovered: Vec<Option<Duration>> = vec![None; vehicles.len()];
+    while recovered
+        .iter()
+        .enumerate()
+        .any(|(i, r)| moved.contains(&i) && r.is_none())
+    {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(15),
+            "the twins of {victim_name} did not move: {recovered:?}"
+        );
+        if k < 250 {
+            send(&links, k);
+            k += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let now = acked(&links);
+        for &i in &moved {
+            if recovered[i].is_none() && now[i] > acked_at_kill[i] {
+                recovered[i] = Some(killed_at.elapsed());
+            }
+        }
+    }
+    let worst = recovered.iter().flatten().max().copied().unwrap();
+    println!("failover: {victim_name} killed; its {} twins acknowledging again after {recovered:?} (worst {worst:?})", moved.len());
+    assert!(worst < Duration::from_secs(5), "failover took {worst:?}");
+    for v in moved.iter().map(|&i| &vehicles[i]) {
+        let owner = store.owner_of(v).unwrap().unwrap();
+        assert_ne!(owner, victim_name, "{v} moved");
+    }
+    for k in k..total {
+        send(&links, k);
+    }
+    wait_for(
+        "every message acknowledged",
+        Duration::from_secs(30),
+        || {
+            links.iter().all(|l| {
+                let s = rt.block_on(l.stats()).unwrap();
+                s.sender.in_flight == 0 && s.outbox.queued == 0
+            })
+        },
+    );
+    for link in links {
+        rt.block_on(link.close());
+    }
+    // Every message of every vehicle in the database, once.
+    for v in &vehicles {
+        let stored = store.messages(v, 0).unwrap();
+        let mut streams: Vec<u64> = stored
+            .iter()
+            .map(|m| m.stream.trim_start_matches("log/").parse().unwrap())
+            .collect();
+        streams.sort_unstable();
+        assert_eq!(
+            streams,
+            (0..total).collect::<Vec<_>>(),
+            "{v}: each message exactly once"
+        );
+    }
+    // The survivors own every shard; each moved twin's history goes on in one chain.
+    let survivors: f64 = hosts
+        .iter()
+        .filter(|h| h.process.is_some())
+        .map(|h| h.metric("twinlink_dr_owned_shards"))
+        .sum();
+    assert_eq!(survivors, 8.0);
+    for &i in &moved {
+        let v = &vehicles[i];
+        let report = audit::verify(
+            &dir.join("audit").join(v),
+            &VehicleId::new(v).unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(report.is_intact(), "{v}: {report:?}");
+    }
+    for h in &mut hosts {
+        if let Some(mut p) = h.process.take() {
+            p.terminate();
+            let _ = p.wait_timeout(Duration::from_secs(10));
+        }
+    }
+}
