@@ -2,7 +2,8 @@
 //! with vehicles connected through the second router. The host serving the most vehicles
 //! is killed with SIGKILL while they send; its twins must move to the survivors within
 //! 5 s, with every message a vehicle saw acknowledged in the database, each exactly once,
-//! and each twin's audit chain intact across the hosts it ran on.
+//! and each twin's audit chain intact across the hosts it ran on. Then an operator drains
+//! one survivor with `twinctl`: its twins move to the last host the same way.
 
 mod common;
 
@@ -21,6 +22,7 @@ use twinlink_link::{KeyMaterial, Link, LinkConfig, Priority, Role, VehicleId, Ze
 use twinlink_msgs::twin_msgs::msg::VehicleState;
 
 const SHARDS: &str = "8";
+const OPERATOR_TOKEN: &str = "fleet-operator-token-0123456789";
 
 fn provision(keys: &Path, vehicle: &str) {
     let status = Command::new(workspace_binary("twinctl").unwrap())
@@ -65,6 +67,8 @@ fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
         .arg(dir.join(format!("data-{name}")))
         .arg("--audit-dir")
         .arg(dir.join("audit"))
+        .arg("--admin-tokens")
+        .arg(dir.join("tokens"))
         .args([
             "--fleet-db",
             db,
@@ -88,7 +92,16 @@ fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
         .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
     let process = Supervised::spawn(name, c).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while admin::get(&admin, "/metrics", Duration::from_secs(1)).is_err() {
+    while admin::request(
+        "GET",
+        &admin,
+        "/metrics",
+        Some(OPERATOR_TOKEN),
+        None,
+        Duration::from_secs(1),
+    )
+    .is_err()
+    {
         assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -101,7 +114,14 @@ fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
 
 impl Host {
     fn metric(&self, name: &str) -> f64 {
-        let Ok((_, text)) = admin::get(&self.admin, "/metrics", Duration::from_secs(2)) else {
+        let Ok((_, text)) = admin::request(
+            "GET",
+            &self.admin,
+            "/metrics",
+            Some(OPERATOR_TOKEN),
+            None,
+            Duration::from_secs(2),
+        ) else {
             return 0.0;
         };
         text.lines()
@@ -109,6 +129,18 @@ impl Host {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+fn twinctl(args: &[&str]) -> (bool, String) {
+    let out = Command::new(workspace_binary("twinctl").unwrap())
+        .args(["--token", OPERATOR_TOKEN])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -138,6 +170,11 @@ fn state(vehicle: &str, t_us: u64, x: f64) -> VehicleState {
 fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
     let dir = work_dir("fleet_failover");
     std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::write(
+        dir.join("tokens"),
+        format!("operator ops {OPERATOR_TOKEN}\n"),
+    )
+    .unwrap();
     let db = Postgres::start("failover");
     let vehicles: Vec<String> = (1..=6).map(|i| format!("veh-f{i}")).collect();
     for v in &vehicles {
@@ -199,7 +236,7 @@ fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
             link.send(m).unwrap();
         }
     };
-    let total = 300u64;
+    let total = 400u64;
     for k in 0..100 {
         send(&links, k);
         std::thread::sleep(Duration::from_millis(20));
@@ -269,18 +306,74 @@ fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
         let owner = store.owner_of(v).unwrap().unwrap();
         assert_ne!(owner, victim_name, "{v} moved");
     }
-    for k in k..total {
+    let all_acknowledged = |links: &[Link]| {
+        wait_for(
+            "every message acknowledged",
+            Duration::from_secs(30),
+            || {
+                links.iter().all(|l| {
+                    let s = rt.block_on(l.stats()).unwrap();
+                    s.sender.in_flight == 0 && s.outbox.queued == 0
+                })
+            },
+        )
+    };
+    for k in k..300 {
         send(&links, k);
     }
+    all_acknowledged(&links);
+
+    // The operator's view: two live hosts, the killed one gone.
+    let alive: Vec<usize> = (0..hosts.len())
+        .filter(|&i| hosts[i].process.is_some())
+        .collect();
+    let (ok, table) = twinctl(&["dr", "hosts", "--admin", &hosts[alive[0]].admin]);
+    assert!(ok, "{table}");
+    assert!(
+        table.starts_with("fleet of 3 hosts (2 live), 8 shards"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&victim_name) && l.contains(" gone ")),
+        "{table}"
+    );
+    // Draining one survivor moves its twins to the last host.
+    let (drained, last) = (alive[0], alive[1]);
+    let (ok, out) = twinctl(&["dr", "drain", "--admin", &hosts[drained].admin]);
+    assert!(ok, "{out}");
+    for k in 300..total {
+        send(&links, k);
+        std::thread::sleep(Duration::from_millis(10));
+    }
     wait_for(
-        "every message acknowledged",
-        Duration::from_secs(30),
+        "the drained host's shards moved",
+        Duration::from_secs(15),
         || {
-            links.iter().all(|l| {
-                let s = rt.block_on(l.stats()).unwrap();
-                s.sender.in_flight == 0 && s.outbox.queued == 0
-            })
+            hosts[drained].metric("twinlink_dr_owned_shards") == 0.0
+                && hosts[last].metric("twinlink_dr_owned_shards") == 8.0
         },
+    );
+    all_acknowledged(&links);
+    // A twin asked for at the drained host is answered by the one serving it.
+    let (ok, status) = twinctl(&[
+        "dr",
+        "status",
+        &vehicles[0],
+        "--admin",
+        &hosts[drained].admin,
+    ]);
+    assert!(
+        ok && status.starts_with(&format!("twin of {}", vehicles[0])),
+        "{status}"
+    );
+    let (_, table) = twinctl(&["dr", "hosts", "--admin", &hosts[last].admin]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&hosts[drained].name) && l.contains(" draining ")),
+        "{table}"
     );
     for link in links {
         rt.block_on(link.close());
@@ -299,15 +392,8 @@ fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
             "{v}: each message exactly once"
         );
     }
-    // The survivors own every shard; each moved twin's history goes on in one chain.
-    let survivors: f64 = hosts
-        .iter()
-        .filter(|h| h.process.is_some())
-        .map(|h| h.metric("twinlink_dr_owned_shards"))
-        .sum();
-    assert_eq!(survivors, 8.0);
-    for &i in &moved {
-        let v = &vehicles[i];
+    // Each twin's history goes on in one chain across the hosts it ran on.
+    for v in &vehicles {
         let report = audit::verify(
             &dir.join("audit").join(v),
             &VehicleId::new(v).unwrap(),

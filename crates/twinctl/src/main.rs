@@ -170,6 +170,25 @@ enum DrCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The hosts of the host's fleet: live or not, draining, shards owned.
+    Hosts {
+        /// Any host's admin endpoint (`twin-dr-host --admin`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a host of a fleet: it gives every shard back and its twins move to the other
+    /// hosts (needs an operator token); the host keeps running, serving nothing.
+    Drain {
+        /// The admin endpoint of the host to drain.
+        #[arg(long)]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// One twin: its estimate of the vehicle, its advice, counters and link.
     Status {
         /// The vehicle's id.
@@ -235,6 +254,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dr {
             command: DrCommand::List { admin, json },
         } => dr_list(&admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::Dr {
+            command: DrCommand::Hosts { admin, json },
+        } => dr_hosts(&admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::Dr {
+            command: DrCommand::Drain { admin, json },
+        } => dr_drain(&admin, token, json).map(|()| ExitCode::SUCCESS),
         Command::Policy {
             command:
                 PolicyCommand::Get {
@@ -397,6 +422,68 @@ fn admin_call(
 /// GETs `path` from the host's admin endpoint and parses the JSON body.
 fn admin_json(admin: &str, path: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
     admin_call(admin, "GET", path, token, None)
+}
+
+fn dr_hosts(admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let doc = admin_json(admin, "/fleet", token)?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    if doc["fleet"].is_null() {
+        return emit(&format!(
+            "{admin} is a host on its own (not in a fleet: started without --fleet-db)\n"
+        ));
+    }
+    emit(&format_hosts(&doc))
+}
+
+/// The fleet document of `GET /fleet` as a table.
+fn format_hosts(doc: &serde_json::Value) -> String {
+    let fleet = &doc["fleet"];
+    let hosts = fleet["hosts"].as_array().cloned().unwrap_or_default();
+    let live = hosts.iter().filter(|h| h["live"] == true).count();
+    let mut text = format!(
+        "fleet of {} hosts ({live} live), {} shards\n{:<20} {:<22} {:<9} {:>6}  {}\n",
+        hosts.len(),
+        fleet["shards"],
+        "HOST",
+        "ADMIN",
+        "STATE",
+        "SHARDS",
+        "STARTED"
+    );
+    for h in &hosts {
+        let state = match (h["live"] == true, h["draining"] == true) {
+            (_, true) => "draining",
+            (true, false) => "live",
+            (false, false) => "gone",
+        };
+        text += &format!(
+            "{:<20} {:<22} {:<9} {:>6}  {}\n",
+            h["name"].as_str().unwrap_or("?"),
+            h["admin"].as_str().unwrap_or(""),
+            state,
+            h["shards"],
+            h["started_us"].as_u64().map_or("-".into(), rfc3339)
+        );
+    }
+    text
+}
+
+fn dr_drain(admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if token.is_none() {
+        anyhow::bail!(
+            "draining a host needs an operator token: give --token or set TWINLINK_ADMIN_TOKEN"
+        );
+    }
+    let doc = admin_call(admin, "POST", "/drain", token, None)?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    emit(&format!(
+        "draining {admin}: {} shards go back to the fleet; its twins move to the other hosts (watch with `twinctl dr hosts`)\n",
+        doc["shards_to_give_back"]
+    ))
 }
 
 fn dr_list(admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
@@ -828,6 +915,26 @@ mod tests {
         assert!(err("hazards:all:10:30").contains("\"all\""));
         // Nothing at all is a valid policy: nothing shared.
         assert!(policy_from_rules(&[], false, now).unwrap().rules.is_empty());
+    }
+
+    #[test]
+    fn fleet_hosts_print_as_a_table() {
+        let doc = serde_json::json!({"fleet": {"shards": 8, "hosts": [
+            {"name": "host-a", "admin": "10.0.0.1:9464", "live": true, "draining": false, "shards": 5, "started_us": 1_796_000_000_000_000u64},
+            {"name": "host-b", "admin": "10.0.0.2:9464", "live": false, "draining": true, "shards": 0, "started_us": 1_796_000_000_000_000u64},
+            {"name": "host-c", "admin": "10.0.0.3:9464", "live": false, "draining": false, "shards": 0, "started_us": 1_796_000_000_000_000u64}
+        ]}});
+        let text = format_hosts(&doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "fleet of 3 hosts (1 live), 8 shards");
+        assert!(
+            lines[2].starts_with("host-a")
+                && lines[2].contains(" live ")
+                && lines[2].contains("     5  2026-"),
+            "{text}"
+        );
+        assert!(lines[3].contains(" draining "), "{text}");
+        assert!(lines[4].contains(" gone "), "{text}");
     }
 
     #[test]

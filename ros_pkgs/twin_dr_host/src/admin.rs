@@ -50,7 +50,17 @@ pub enum AdminRequest {
     GetPolicy(String, oneshot::Sender<Option<Value>>),
     /// Replace one twin's sharing policy.
     SetPolicy(PolicyChange, oneshot::Sender<Result<Value, AdminError>>),
+    /// The admin endpoint of the fleet's host that serves a vehicle now, if another one.
+    Owner(String, oneshot::Sender<Option<String>>),
+    /// The fleet's hosts and this host's shards (`null` outside a fleet).
+    Fleet(oneshot::Sender<Result<Value, AdminError>>),
+    /// Drain this host (by the named operator): its twins move to the fleet's other hosts.
+    Drain(String, oneshot::Sender<Result<Value, AdminError>>),
 }
+
+/// Header naming the admin endpoint of the fleet's host that serves a twin asked for on
+/// another host (with status 404); [`request`] follows it once.
+pub const OWNER_HEADER: &str = "x-twinlink-owner";
 
 /// An operator's new sharing policy for one twin.
 #[derive(Debug, Clone)]
@@ -253,10 +263,58 @@ fn json(value: &Value) -> Response {
         .into_response()
 }
 
-fn not_hosted(vehicle: &str) -> Response {
+/// 404 for a twin this host does not serve; in a fleet, naming the host that does.
+async fn not_hosted(s: &AdminState, vehicle: &str) -> Response {
+    let owner = s
+        .ask(|tx| AdminRequest::Owner(vehicle.to_string(), tx))
+        .await
+        .ok()
+        .flatten();
+    match owner {
+        Some(addr) => {
+            let mut r = text(
+                StatusCode::NOT_FOUND,
+                &format!("the twin {vehicle:?} is served by the fleet's host at {addr}\n"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&addr) {
+                r.headers_mut().insert(OWNER_HEADER, v);
+            }
+            r
+        }
+        None => text(
+            StatusCode::NOT_FOUND,
+            &format!("no twin {vehicle:?} on this host\n"),
+        ),
+    }
+}
+
+async fn fleet(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    match s.ask(AdminRequest::Fleet).await {
+        Ok(Ok(v)) => json(&v),
+        Ok(Err(e)) => refused(e),
+        Err(r) => r,
+    }
+}
+
+async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let operator = match s.authorize(&headers, Role::Operator) {
+        Ok(name) => name,
+        Err(r) => return r,
+    };
+    match s.ask(|tx| AdminRequest::Drain(operator, tx)).await {
+        Ok(Ok(v)) => json(&v),
+        Ok(Err(e)) => refused(e),
+        Err(r) => r,
+    }
+}
+
+fn refused(e: AdminError) -> Response {
     text(
-        StatusCode::NOT_FOUND,
-        &format!("no twin {vehicle:?} on this host\n"),
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &format!("{}\n", e.message),
     )
 }
 
@@ -313,7 +371,7 @@ async fn one_twin(
     }
     match s.ask(|tx| request(vehicle.clone(), tx)).await {
         Ok(Some(v)) => json(&v),
-        Ok(None) => not_hosted(&vehicle),
+        Ok(None) => not_hosted(s, &vehicle).await,
         Err(r) => r,
     }
 }
@@ -348,10 +406,8 @@ async fn put_policy(
     };
     match s.ask(|tx| AdminRequest::SetPolicy(change, tx)).await {
         Ok(Ok(v)) => json(&v),
-        Ok(Err(e)) => text(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &format!("{}\n", e.message),
-        ),
+        Ok(Err(e)) if e.status == 404 => not_hosted(&s, &vehicle).await,
+        Ok(Err(e)) => refused(e),
         Err(r) => r,
     }
 }
@@ -359,7 +415,7 @@ async fn put_policy(
 async fn fallback() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy\n",
+        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /fleet, /drain (POST)\n",
     )
 }
 
@@ -385,6 +441,8 @@ pub async fn serve(
             "/twins/{vehicle}/policy",
             get_route(get_policy).put(put_policy),
         )
+        .route("/fleet", get_route(fleet))
+        .route("/drain", axum::routing::post(drain))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
@@ -430,6 +488,22 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    match request_once(method, addr, path, token, body, timeout)? {
+        (404, _, Some(owner)) if owner != addr => {
+            request_once(method, &owner, path, token, body, timeout).map(|(s, t, _)| (s, t))
+        }
+        (status, text, _) => Ok((status, text)),
+    }
+}
+
+fn request_once(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String, Option<String>)> {
     let io = |e: ureq::Error| match e {
         ureq::Error::Io(e) => e,
         other => std::io::Error::other(other.to_string()),
@@ -462,6 +536,13 @@ pub fn request(
             }
             r.send(body.unwrap_or("")).map_err(io)?
         }
+        "POST" => {
+            let mut r = agent.post(&url).content_type("application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or("")).map_err(io)?
+        }
         other => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -470,8 +551,13 @@ pub fn request(
         }
     };
     let status = response.status().as_u16();
+    let owner = response
+        .headers()
+        .get(OWNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = response.body_mut().read_to_string().map_err(io)?;
-    Ok((status, text))
+    Ok((status, text, owner))
 }
 
 /// `GET path` without a token (see [`request`]).
@@ -514,6 +600,15 @@ mod tests {
                         } else {
                             Ok(serde_json::json!({"by": change.operator}))
                         });
+                    }
+                    AdminRequest::Owner(_, reply) => {
+                        let _ = reply.send(None);
+                    }
+                    AdminRequest::Fleet(reply) => {
+                        let _ = reply.send(Ok(serde_json::json!({"fleet": null})));
+                    }
+                    AdminRequest::Drain(_, reply) => {
+                        let _ = reply.send(Err(AdminError::new(409, "not in a fleet")));
                     }
                 }
             }

@@ -465,6 +465,11 @@ pub async fn run(
                     Some(AdminRequest::SetPolicy(change, reply)) => {
                         set_policy(&shared, &mut slots, change, reply);
                     }
+                    Some(AdminRequest::Owner(vehicle, reply)) => {
+                        owner_of(&shared, &slots, vehicle, reply);
+                    }
+                    Some(AdminRequest::Fleet(reply)) => fleet_document(&shared, reply),
+                    Some(AdminRequest::Drain(operator, reply)) => drain(&shared, operator, reply),
                     Some(request) => answer(&mut slots, request),
                     None => {}
                 }
@@ -521,6 +526,83 @@ pub async fn run(
     writer.stop();
     let _ = session.close().await;
     Ok(())
+}
+
+/// Answers which fleet host serves `vehicle`, when it is not this one.
+fn owner_of(
+    shared: &Shared,
+    slots: &HashMap<String, Slot>,
+    vehicle: String,
+    reply: oneshot::Sender<Option<String>>,
+) {
+    let Store::Shared(store) = &shared.store else {
+        let _ = reply.send(None);
+        return;
+    };
+    if slots.contains_key(&vehicle) {
+        let _ = reply.send(None);
+        return;
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let me = store.view().host;
+        let owner = store.owner_of(&vehicle).ok().flatten().filter(|h| *h != me);
+        let addr = owner.and_then(|name| {
+            store
+                .hosts()
+                .ok()?
+                .into_iter()
+                .find(|h| h.name == name && !h.admin.is_empty())
+                .map(|h| h.admin)
+        });
+        let _ = reply.send(addr);
+    });
+}
+
+/// The fleet's hosts and this host's ownership (`{"fleet": null}` outside a fleet).
+fn fleet_document(shared: &Shared, reply: oneshot::Sender<Result<Value, admin::AdminError>>) {
+    let Store::Shared(store) = &shared.store else {
+        let _ = reply.send(Ok(json!({"fleet": null})));
+        return;
+    };
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = store
+            .hosts()
+            .map(|hosts| {
+                json!({"fleet": {"shards": store.shards(), "hosts": hosts}, "this_host": store.view()})
+            })
+            .map_err(|e| admin::AdminError::new(503, format!("reading the fleet's database: {e}")));
+        let _ = reply.send(result);
+    });
+}
+
+/// Drains this host: it leaves the fleet's membership and gives every shard back, so that
+/// its twins move to the other hosts.
+fn drain(
+    shared: &Shared,
+    operator: String,
+    reply: oneshot::Sender<Result<Value, admin::AdminError>>,
+) {
+    let Store::Shared(store) = &shared.store else {
+        let _ = reply.send(Err(admin::AdminError::new(
+            409,
+            "this host is not in a fleet (start it with --fleet-db): there is no other host for its twins",
+        )));
+        return;
+    };
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = store
+            .drain()
+            .map(|()| {
+                let view = store.view();
+                info!(%operator, shards = view.shards.len(), "draining: every shard goes back to the fleet");
+                json!({"draining": true, "operator": operator, "shards_to_give_back": view.shards.len()})
+            })
+            .map_err(|e| admin::AdminError::new(503, format!("draining failed: {e}")));
+        let _ = reply.send(result);
+    });
 }
 
 /// A twin whose task ended (also by a panic) neither answers queries nor asks for tiles.
@@ -1331,11 +1413,16 @@ fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
                 let _ = tx.send(DrCommand::Run(job));
             }
         },
-        AdminRequest::SetPolicy(_, reply) => {
+        AdminRequest::SetPolicy(_, reply)
+        | AdminRequest::Fleet(reply)
+        | AdminRequest::Drain(_, reply) => {
             let _ = reply.send(Err(admin::AdminError::new(
                 500,
-                "policy changes are handled by the host's loop",
+                "handled by the host's loop",
             )));
+        }
+        AdminRequest::Owner(_, reply) => {
+            let _ = reply.send(None);
         }
     }
 }
