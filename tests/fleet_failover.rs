@@ -409,3 +409,172 @@ fn a_killed_hosts_twins_move_to_the_survivors_losing_nothing_acknowledged() {
         }
     }
 }
+
+mod fencing {
+    use super::*;
+    use std::sync::Arc;
+    use twin_dr_host::fleet::{host_key, shard_of, FleetConfig, OwnershipEvent};
+    use twin_dr_host::store::{StoredMessage, WriteOp};
+
+    fn join(
+        db: &Postgres,
+        name: &str,
+        shards: u32,
+    ) -> Result<
+        (
+            SharedStore,
+            tokio::sync::mpsc::UnboundedReceiver<OwnershipEvent>,
+        ),
+        twin_dr_host::store::StoreError,
+    > {
+        SharedStore::join(FleetConfig {
+            url: db.url.clone(),
+            host_name: name.into(),
+            admin: String::new(),
+            shards,
+            retention: 1000,
+        })
+    }
+
+    fn next(events: &mut tokio::sync::mpsc::UnboundedReceiver<OwnershipEvent>) -> OwnershipEvent {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(e) = events.try_recv() {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no ownership event");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn op(vehicle: &str, seq: u64) -> WriteOp {
+        let (notify, _) = tokio::sync::mpsc::unbounded_channel();
+        WriteOp {
+            vehicle: Arc::from(vehicle),
+            incarnation: 7,
+            recommendation_seq: seq,
+            message: StoredMessage {
+                seq,
+                stream: "state".into(),
+                type_name: "twin_msgs/msg/VehicleState".into(),
+                created_us: 1000 + seq,
+                payload: vec![seq as u8; 4],
+            },
+            notify,
+        }
+    }
+
+    /// A vehicle of each of the 4 shards.
+    fn one_per_shard() -> Vec<String> {
+        let mut out = vec![String::new(); 4];
+        for i in 0.. {
+            let v = format!("veh-{i}");
+            let s = shard_of(&v, 4) as usize;
+            if out[s].is_empty() {
+                out[s] = v;
+            }
+            if out.iter().all(|v| !v.is_empty()) {
+                return out;
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn a_host_writes_only_the_shards_it_holds() {
+        let db = Postgres::start("fencing");
+        let vehicles = one_per_shard();
+        let (a, mut a_events) = join(&db, "a", 4).unwrap();
+        let OwnershipEvent::Gained(mut first) = next(&mut a_events) else {
+            panic!("a should take every shard")
+        };
+        first.sort_unstable();
+        assert_eq!(first, vec![0, 1, 2, 3]);
+        let durable = a
+            .commit(&[op(&vehicles[0], 0), op(&vehicles[1], 0)])
+            .unwrap();
+        assert_eq!(durable.len(), 2);
+        // A second host of the same name is refused; so is another shard count.
+        let e = join(&db, "a", 4).err().unwrap().to_string();
+        assert!(e.contains("in use"), "{e}");
+        let e = join(&db, "c", 8).err().unwrap().to_string();
+        assert!(e.contains("4 shards") && e.contains("--shards"), "{e}");
+        // b joins: a gives two shards back once their twins stopped; b takes them.
+        let (b, mut b_events) = join(&db, "b", 4).unwrap();
+        let OwnershipEvent::Release(given) = next(&mut a_events) else {
+            panic!("a should give shards back")
+        };
+        assert_eq!(given.len(), 2);
+        // Until a says its twins stopped, the shards are a's: b gets nothing yet.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(b_events.try_recv().is_err());
+        a.released(given.clone());
+        let OwnershipEvent::Gained(taken) = next(&mut b_events) else {
+            panic!("b should take the shards")
+        };
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(taken), sorted(given.clone()));
+        // a's writes to a shard it gave back are refused (not written, not reported).
+        let moved = &vehicles[given[0] as usize];
+        let kept = (0..4u32).find(|s| !given.contains(s)).unwrap();
+        let stays = &vehicles[kept as usize];
+        let durable = a.commit(&[op(moved, 1), op(stays, 1)]).unwrap();
+        assert_eq!(durable, vec![(Arc::from(stays.as_str()), 1)]);
+        assert!(b.messages(moved, 1).unwrap().is_empty(), "fenced");
+        assert_eq!(b.messages(stays, 1).unwrap().len(), 1);
+        assert_eq!(b.owner_of(moved).unwrap().as_deref(), Some("b"));
+        // a's database session is cut: a loses everything at once, b takes it over, and
+        // a's writes go nowhere.
+        let out = Command::new("psql")
+            .arg(&db.url)
+            .arg("-qtAc")
+            .arg(format!(
+                "select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' and objid = {} and objsubid = 2",
+                host_key("a")
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = a.commit(&[op(stays, 2)]);
+        assert!(r.as_ref().map_or(true, |d| d.is_empty()), "{r:?}");
+        let mut lost = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lost {
+            assert!(
+                Instant::now() < deadline,
+                "a never learned it lost its shards"
+            );
+            match a_events.try_recv() {
+                Ok(OwnershipEvent::Lost(shards)) => {
+                    assert_eq!(shards.len(), 2);
+                    lost = true;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        assert!(b.messages(stays, 2).unwrap().is_empty());
+        // a's host reconnects as a member of the fleet, and the shards settle at two each
+        // (each host giving back what it is told to, as a host's loop does).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(a.view().shards.len() == 2 && b.view().shards.len() == 2) {
+            assert!(Instant::now() < deadline, "{:?} {:?}", a.view(), b.view());
+            for (store, events) in [(&a, &mut a_events), (&b, &mut b_events)] {
+                while let Ok(e) = events.try_recv() {
+                    if let OwnershipEvent::Release(shards) = e {
+                        store.released(shards);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(a.view().connected);
+    }
+}
