@@ -14,6 +14,10 @@
 //! A twin is provisioned on a host by writing its DR key into the host's keys directory
 //! (`twinctl provision <vehicle-id> --out <keys-dir>`); the host picks it up by itself.
 //!
+//! `twinctl dr hosts` lists the hosts of a fleet (hosts over one database, `twin-dr-host
+//! --fleet-db`); `twinctl dr drain --admin <host>` moves a host's twins to the others. A
+//! twin asked for at a host that does not serve it is looked up at the host that does.
+//!
 //! `twinctl fleet init <fleet-id>` makes a fleet's authority for inter-twin sharing: its
 //! secret (`<fleet>.authority.key`, mode 0600, kept offline by the operator) and its trust
 //! anchor (`<fleet>.authority.pub`, given to every DR host). `twinctl fleet certify-host
@@ -445,7 +449,7 @@ fn format_hosts(doc: &serde_json::Value) -> String {
     let mut text = format!(
         "fleet of {} hosts ({live} live), {} shards\n{:<20} {:<22} {:<9} {:>6}  {}\n",
         hosts.len(),
-        fleet["shards"],
+        fleet["shards"].as_u64().unwrap_or(0),
         "HOST",
         "ADMIN",
         "STATE",
@@ -463,7 +467,7 @@ fn format_hosts(doc: &serde_json::Value) -> String {
             h["name"].as_str().unwrap_or("?"),
             h["admin"].as_str().unwrap_or(""),
             state,
-            h["shards"],
+            h["shards"].as_u64().unwrap_or(0),
             h["started_us"].as_u64().map_or("-".into(), rfc3339)
         );
     }
@@ -930,7 +934,7 @@ mod tests {
         assert!(
             lines[2].starts_with("host-a")
                 && lines[2].contains(" live ")
-                && lines[2].contains("     5  2026-"),
+                && lines[2].contains(" live           5  2026-"),
             "{text}"
         );
         assert!(lines[3].contains(" draining "), "{text}");

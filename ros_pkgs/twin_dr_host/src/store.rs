@@ -1,4 +1,6 @@
-//! Durable state of a DR host, in one embedded `redb` database.
+//! Durable state of a DR host: in one embedded `redb` database ([`EmbeddedStore`]), or in
+//! the fleet's shared PostgreSQL database ([`crate::fleet::SharedStore`]), behind one
+//! [`Store`].
 //!
 //! What a twin must not lose when its host dies (`kill -9` included):
 //!
