@@ -30,6 +30,7 @@
 //! | `twin_latest` | vehicle, stream | the newest message of each stream |
 //! | `twin_journal` | entry id | every message, the newest `retention` of the fleet |
 //! | `operator_policies` | vehicle | [`OperatorPolicy`] (postcard) |
+//! | `desired_states` | vehicle | [`DesiredState`] (JSON): what an operator wants of the twin |
 //! | `shard_owners` | shard | the host that took it last, its epoch (taken how often) and when |
 //! | `dr_hosts` | host name | its admin address, when it started, whether it drains |
 
@@ -44,7 +45,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::store::{LinkRecord, OperatorPolicy, StoreError, StoredMessage, TwinRecord, WriteOp};
+use crate::store::{
+    DesiredState, LinkRecord, OperatorPolicy, StoreError, StoredMessage, TwinRecord, WriteOp,
+};
 
 /// Shards of a fleet unless configured otherwise (every host of a fleet must use the same
 /// number; the database records it and refuses another).
@@ -180,6 +183,11 @@ enum OwnerJob {
         OperatorPolicy,
         std_mpsc::Sender<Result<(), StoreError>>,
     ),
+    SetDesired(
+        String,
+        DesiredState,
+        std_mpsc::Sender<Result<(), StoreError>>,
+    ),
     Released(Vec<u32>),
     Drain(std_mpsc::Sender<()>),
 }
@@ -222,6 +230,7 @@ create table if not exists twin_journal (id bigserial primary key, vehicle text 
   created_us bigint not null, payload bytea not null);
 create index if not exists twin_journal_vehicle on twin_journal (vehicle, seq);
 create table if not exists operator_policies (vehicle text primary key, record bytea not null);
+create table if not exists desired_states (vehicle text primary key, record jsonb not null);
 create table if not exists shard_owners (shard int primary key, host text not null,
   epoch bigint not null, since_us bigint not null);
 create table if not exists dr_hosts (name text primary key, lock_key int not null,
@@ -414,6 +423,41 @@ impl SharedStore {
             }
             Ok(out)
         })
+    }
+
+    /// What operators want of each of `vehicles`.
+    pub fn desired_states(
+        &self,
+        vehicles: &[String],
+    ) -> Result<HashMap<String, DesiredState>, StoreError> {
+        let vehicles = vehicles.to_vec();
+        self.read(move |c| {
+            let mut out = HashMap::new();
+            for row in c
+                .query(
+                    "select vehicle, record::text from desired_states where vehicle = any($1)",
+                    &[&vehicles],
+                )
+                .map_err(pg)?
+            {
+                let vehicle: String = row.get(0);
+                let text: String = row.get(1);
+                let desired = crate::store::decode_desired(&vehicle, text.as_bytes())?;
+                out.insert(vehicle, desired);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records what an operator wants of `vehicle`, durably (refused unless this host owns
+    /// the vehicle's shard).
+    pub fn set_desired(&self, vehicle: &str, desired: &DesiredState) -> Result<(), StoreError> {
+        let (tx, rx) = std_mpsc::channel();
+        self.owner()?
+            .send(OwnerJob::SetDesired(vehicle.into(), desired.clone(), tx))
+            .map_err(|_| StoreError::Shared("the owner session stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Shared("the owner session stopped".into()))?
     }
 
     /// The policy an operator last set for `vehicle`.
@@ -698,6 +742,10 @@ impl OwnerSession {
                 let result = self.set_operator_policy(&vehicle, &policy);
                 let _ = reply.send(result);
             }
+            OwnerJob::SetDesired(vehicle, desired, reply) => {
+                let result = self.set_desired(&vehicle, &desired);
+                let _ = reply.send(result);
+            }
             OwnerJob::Released(shards) => {
                 let r = self.unlock(&shards);
                 self.check(r);
@@ -860,6 +908,29 @@ impl OwnerSession {
         )
         .map_err(pg)?;
         Ok(())
+    }
+
+    fn set_desired(&mut self, vehicle: &str, desired: &DesiredState) -> Result<(), StoreError> {
+        let c = self.owned_client(vehicle)?;
+        let text = serde_json::to_string(desired).expect("desired states serialize");
+        c.execute(
+            "insert into desired_states values ($1, $2::text::jsonb) on conflict (vehicle) do update set record = excluded.record",
+            &[&vehicle, &text],
+        )
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    /// The owner session, if this host owns `vehicle`'s shard.
+    fn owned_client(&mut self, vehicle: &str) -> Result<&mut Client, StoreError> {
+        if !self.owns(vehicle) {
+            return Err(StoreError::Shared(format!(
+                "this host does not own {vehicle:?} now (it moved to another host)"
+            )));
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Shared("not connected to the fleet's database".into()))
     }
 
     fn commit(&mut self, ops: &[StoredOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {

@@ -623,8 +623,11 @@ fn restore(shared: &Shared, vehicle: &str) -> Twin {
     restore_from(
         shared,
         vehicle,
-        shared.store.twin(vehicle),
-        shared.store.operator_policy(vehicle),
+        crate::store::Restored {
+            record: shared.store.twin(vehicle),
+            operator: shared.store.operator_policy(vehicle),
+            desired: shared.store.desired(vehicle),
+        },
     )
 }
 
@@ -634,17 +637,26 @@ fn restore_many(shared: &Shared, vehicles: Vec<String>) -> Vec<Twin> {
     vehicles
         .iter()
         .zip(records)
-        .map(|(v, (record, operator))| restore_from(shared, v, record, operator))
+        .map(|(v, r)| restore_from(shared, v, r))
         .collect()
 }
 
-fn restore_from(
-    shared: &Shared,
-    vehicle: &str,
-    record: Result<Option<crate::store::TwinRecord>, crate::store::StoreError>,
-    operator: Result<Option<crate::store::OperatorPolicy>, crate::store::StoreError>,
-) -> Twin {
+fn restore_from(shared: &Shared, vehicle: &str, restored: crate::store::Restored) -> Twin {
+    let crate::store::Restored {
+        record,
+        operator,
+        desired,
+    } = restored;
     let mut twin = Twin::new(vehicle, &shared.config.settings);
+    match desired {
+        Ok(Some(d)) => {
+            if let Err(e) = twin.set_desired(d) {
+                warn!(%vehicle, error = %e, "the stored desired state is refused now");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!(%vehicle, error = %e, "reading the desired state failed"),
+    }
     match record.map(Option::unwrap_or_default) {
         Ok(record) => {
             twin.resume_sequence(record.link.recommendation_seq);

@@ -26,6 +26,7 @@
 //! | `twins` | vehicle | [`TwinRecord`] (postcard): the link record and the newest message of every stream |
 //! | `journal` | host-wide entry number | [`JournalEntry`] (postcard): every message, the newest `retention` of the host |
 //! | `operator_policies` | vehicle | [`OperatorPolicy`] (postcard): the sharing policy an operator set last |
+//! | `desired_states` | vehicle | [`DesiredState`] (JSON): what an operator wants of the twin |
 //!
 //! The journal is append-only: a commit adds its messages at the end of one B-tree and
 //! drops the oldest at its start, so it writes a few pages however many twins the batch
@@ -42,9 +43,23 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use twinlink_link::Message;
 
+pub use crate::twin::DesiredState;
+
+/// What restoring a twin reads of it.
+#[derive(Debug)]
+pub struct Restored {
+    /// Its record (`None`: it never received anything durable).
+    pub record: Result<Option<TwinRecord>, StoreError>,
+    /// The sharing policy an operator set for it.
+    pub operator: Result<Option<OperatorPolicy>, StoreError>,
+    /// What an operator wants of it.
+    pub desired: Result<Option<DesiredState>, StoreError>,
+}
+
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const OPERATOR_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("operator_policies");
+const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_states");
 
 /// Page cache of the database unless configured otherwise (redb's own default is 1 GiB,
 /// too much beside thousands of twins).
@@ -216,38 +231,54 @@ impl Store {
         }
     }
 
-    /// Each twin's record and operator policy, for restoring many twins at once (one
-    /// query each against the shared database).
-    #[allow(clippy::type_complexity)]
-    pub fn restore_many(
-        &self,
-        vehicles: &[String],
-    ) -> Vec<(
-        Result<Option<TwinRecord>, StoreError>,
-        Result<Option<OperatorPolicy>, StoreError>,
-    )> {
+    /// Records `desired` as what an operator wants of `vehicle`, durably.
+    pub fn set_desired(&self, vehicle: &str, desired: &DesiredState) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.set_desired(vehicle, desired),
+            Store::Shared(s) => s.set_desired(vehicle, desired),
+        }
+    }
+
+    /// What an operator last wanted of `vehicle`, if anything.
+    pub fn desired(&self, vehicle: &str) -> Result<Option<DesiredState>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.desired(vehicle),
+            Store::Shared(s) => Ok(s.desired_states(&[vehicle.to_string()])?.remove(vehicle)),
+        }
+    }
+
+    /// What restoring each of `vehicles` needs (one query per table for all of them
+    /// against the shared database).
+    pub fn restore_many(&self, vehicles: &[String]) -> Vec<Restored> {
         match self {
             Store::Embedded(s) => vehicles
                 .iter()
-                .map(|v| (s.twin(v), s.operator_policy(v)))
+                .map(|v| Restored {
+                    record: s.twin(v),
+                    operator: s.operator_policy(v),
+                    desired: s.desired(v),
+                })
                 .collect(),
             Store::Shared(s) => {
                 let shared_err = |e: &StoreError| StoreError::Shared(e.to_string());
                 let records = s.twins(vehicles);
                 let policies = s.operator_policies(vehicles);
+                let desired = s.desired_states(vehicles);
                 vehicles
                     .iter()
-                    .map(|v| {
-                        (
-                            records
-                                .as_ref()
-                                .map(|r| r.get(v).cloned())
-                                .map_err(shared_err),
-                            policies
-                                .as_ref()
-                                .map(|p| p.get(v).cloned())
-                                .map_err(shared_err),
-                        )
+                    .map(|v| Restored {
+                        record: records
+                            .as_ref()
+                            .map(|r| r.get(v).cloned())
+                            .map_err(shared_err),
+                        operator: policies
+                            .as_ref()
+                            .map(|p| p.get(v).cloned())
+                            .map_err(shared_err),
+                        desired: desired
+                            .as_ref()
+                            .map(|d| d.get(v).cloned())
+                            .map_err(shared_err),
                     })
                     .collect()
             }
@@ -301,6 +332,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(TWINS).map_err(db_err)?;
         txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
+        txn.open_table(DESIRED).map_err(db_err)?;
         let (next, len) = {
             let journal = txn.open_table(JOURNAL).map_err(db_err)?;
             let next = journal
@@ -367,6 +399,27 @@ impl EmbeddedStore {
                 vehicle: vehicle.into(),
                 source,
             })
+    }
+
+    /// Records `desired` for `vehicle`, durably (its own transaction).
+    pub fn set_desired(&self, vehicle: &str, desired: &DesiredState) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(DESIRED).map_err(db_err)?;
+            let bytes = serde_json::to_vec(desired).expect("desired states serialize");
+            table.insert(vehicle, bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// What an operator last wanted of `vehicle`.
+    pub fn desired(&self, vehicle: &str) -> Result<Option<DesiredState>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DESIRED).map_err(db_err)?;
+        let Some(v) = table.get(vehicle).map_err(db_err)? else {
+            return Ok(None);
+        };
+        decode_desired(vehicle, v.value()).map(Some)
     }
 
     /// Messages of `vehicle` still in the journal with sequence numbers from `from` on, in
@@ -469,6 +522,15 @@ impl EmbeddedStore {
             .map(|(v, r, _)| (v, r.rx_next - 1))
             .collect())
     }
+}
+
+/// A desired state as stored (JSON, so that operators' tools can read the table).
+pub fn decode_desired(vehicle: &str, bytes: &[u8]) -> Result<DesiredState, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Shared(format!(
+            "the desired state of {vehicle:?} does not decode: {e}"
+        ))
+    })
 }
 
 fn decode_twin(vehicle: &str, bytes: &[u8]) -> Result<TwinRecord, StoreError> {

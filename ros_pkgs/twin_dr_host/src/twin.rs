@@ -184,6 +184,68 @@ pub struct Twin {
     sharing: TwinSharing,
     /// The secret the twin's census tokens are derived from (never leaves the twin).
     census_secret: [u8; 32],
+    /// The newest state the vehicle reported.
+    reported: Option<ReportedState>,
+    /// What the operator wants of the twin.
+    desired: DesiredState,
+    /// When its vehicle was last connected.
+    connectivity: Connectivity,
+}
+
+/// Highest speed cap an operator may set [m/s] (252 km/h).
+pub const MAX_SPEED_CAP: f64 = 70.0;
+
+/// What an operator wants of a twin: the desired half of its state document (the
+/// reported half is what the vehicle sends). Kept durably; every change has a new version.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DesiredState {
+    /// 0 while never set; one more at every change.
+    pub version: u64,
+    /// When it was set [µs since the Unix epoch].
+    pub set_at_us: u64,
+    /// The operator who set it.
+    pub by: String,
+    /// Highest speed the twin may advise [m/s]: a fleet's cap (weather, cargo, a driver in
+    /// training). `None`: the road's limits only.
+    pub max_speed_mps: Option<f64>,
+}
+
+impl DesiredState {
+    /// Checks the operator's values; the error names the field.
+    pub fn check(max_speed_mps: Option<f64>) -> Result<(), String> {
+        match max_speed_mps {
+            Some(v) if !(v.is_finite() && v > 0.0 && v <= MAX_SPEED_CAP) => Err(format!(
+                "max_speed_mps must be above 0 and at most {MAX_SPEED_CAP} m/s, got {v}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The newest state a vehicle reported (map frame).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ReportedState {
+    /// Its stamp [µs since the Unix epoch].
+    pub stamp_us: u64,
+    /// Position [m].
+    pub x: f64,
+    /// Position [m].
+    pub y: f64,
+    /// Speed over ground [m/s].
+    pub speed: f64,
+    /// Lane it reported (-1: unknown).
+    pub lane: i32,
+}
+
+/// When a twin's vehicle was connected: since when, or until when.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Connectivity {
+    /// Whether the vehicle is connected now.
+    pub connected: bool,
+    /// When it connected (the newest time) [µs since the Unix epoch].
+    pub since_us: Option<u64>,
+    /// When it went away (while it is away) [µs since the Unix epoch].
+    pub until_us: Option<u64>,
 }
 
 /// How long a relayed hazard that names no expiry is kept [s] (its discloser announces
@@ -224,6 +286,41 @@ impl Twin {
             sharing: TwinSharing::new(RotationConfig::default(), TileGrid::default())
                 .expect("the default rotation is valid"),
             census_secret: rand::random(),
+            reported: None,
+            desired: DesiredState::default(),
+            connectivity: Connectivity::default(),
+        }
+    }
+
+    /// What the operator wants of the twin.
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// Takes the operator's desired state (checked by [`DesiredState::check`]); it bounds
+    /// the next recommendation on.
+    pub fn set_desired(&mut self, desired: DesiredState) -> Result<(), String> {
+        DesiredState::check(desired.max_speed_mps)?;
+        self.desired = desired;
+        Ok(())
+    }
+
+    /// When the vehicle was last connected.
+    pub fn connectivity(&self) -> Connectivity {
+        self.connectivity
+    }
+
+    /// The vehicle connected (`true`) or went away at `now_us`.
+    pub fn set_connected(&mut self, connected: bool, now_us: u64) {
+        if connected {
+            self.connectivity = Connectivity {
+                connected: true,
+                since_us: Some(now_us),
+                until_us: None,
+            };
+        } else if self.connectivity.connected || self.connectivity.until_us.is_none() {
+            self.connectivity.connected = false;
+            self.connectivity.until_us = Some(now_us);
         }
     }
 
@@ -276,8 +373,50 @@ impl Twin {
         };
         if r.is_ok() {
             self.states += 1;
+            self.reported = Some(ReportedState {
+                stamp_us: (state.header.stamp.sec.max(0) as u64) * 1_000_000
+                    + u64::from(state.header.stamp.nanosec / 1000),
+                x: state.pose.position.x,
+                y: state.pose.position.y,
+                speed: state.twist.linear.x.hypot(state.twist.linear.y),
+                lane: state.lane_index,
+            });
         }
         self.count(r)
+    }
+
+    /// What the vehicle reported last, as the fleet may see it: only under its `traffic`
+    /// grant to its fleet, with the position snapped to that grant's precision. `Err` names
+    /// why it is withheld (`no_state`, or the consent's reason).
+    pub fn reported_for_fleet(&self, now_us: u64) -> Result<ReportedState, &'static str> {
+        use twinlink_share::{Audience, Decision, DisclosureRequest};
+        let r = self.reported.ok_or("no_state")?;
+        match self.sharing.consent().decide(
+            &DisclosureRequest::new(
+                SharedObservation::CATEGORY_TRAFFIC,
+                Audience::SameFleet,
+                0.0,
+            ),
+            now_us,
+        ) {
+            Decision::Allow { precision_m, .. } => {
+                let p = f64::from(precision_m);
+                let snap = |v: f64| if p > 0.0 { (v / p).round() * p } else { v };
+                Ok(ReportedState {
+                    x: snap(r.x),
+                    y: snap(r.y),
+                    speed: (r.speed * 10.0).round() / 10.0,
+                    ..r
+                })
+            }
+            Decision::Deny(reason) => Err(reason.as_str()),
+        }
+    }
+
+    /// The stamp of the newest state the vehicle reported [µs], 0 before any: the version
+    /// of the reported half of the twin's state.
+    pub fn reported_version(&self) -> u64 {
+        self.reported.map_or(0, |r| r.stamp_us)
     }
 
     /// Fuses one sensor's summary.
@@ -689,6 +828,18 @@ impl Twin {
                 horizon,
             },
         );
+        let mut plan = plan;
+        if let Some(cap) = self.desired.max_speed_mps {
+            // The operator's cap bounds the advice and the whole horizon.
+            if plan.target_speed > cap {
+                plan.target_speed = cap;
+                plan.reason_code = Recommendation::REASON_SPEED_LIMIT;
+                plan.reason = format!("operator's speed cap {:.0} km/h", cap * 3.6);
+            }
+            for point in &mut plan.horizon {
+                point.1 = point.1.min(cap);
+            }
+        }
         self.sequence += 1;
         let r = plan.to_recommendation(&self.vehicle, self.sequence, (now * 1e6) as u64);
         self.last_plan = Some(plan);
@@ -775,6 +926,99 @@ mod tests {
             })
             .collect();
         s
+    }
+
+    #[test]
+    fn an_operators_speed_cap_bounds_the_advice_and_its_horizon() {
+        let mut twin = Twin::new("veh-1", &settings());
+        let t = 1_700_000_000.0;
+        twin.on_state(&state(t, 100.0, 30.0)).unwrap();
+        let free = twin.recommend(t + 0.05, 5.0).unwrap();
+        assert!(free.target_speed > 25.0, "{}", free.target_speed);
+        for bad in [0.0, -1.0, f64::NAN, MAX_SPEED_CAP + 1.0] {
+            let e = twin
+                .set_desired(DesiredState {
+                    max_speed_mps: Some(bad),
+                    ..Default::default()
+                })
+                .unwrap_err();
+            assert!(e.contains("max_speed_mps"), "{e}");
+        }
+        assert_eq!(
+            twin.desired().version,
+            0,
+            "a refused change changes nothing"
+        );
+        twin.set_desired(DesiredState {
+            version: 1,
+            set_at_us: 1,
+            by: "alice".into(),
+            max_speed_mps: Some(15.0),
+        })
+        .unwrap();
+        let capped = twin.recommend(t + 0.1, 5.0).unwrap();
+        assert_eq!(capped.target_speed, 15.0);
+        assert_eq!(capped.reason_code, Recommendation::REASON_SPEED_LIMIT);
+        assert!(capped.reason.contains("54 km/h"), "{}", capped.reason);
+        assert!(!capped.horizon.is_empty());
+        assert!(capped.horizon.iter().all(|h| h.speed <= 15.0));
+        // Cleared: the road's limit again.
+        twin.set_desired(DesiredState {
+            version: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(twin.recommend(t + 0.15, 5.0).unwrap().target_speed > 25.0);
+    }
+
+    #[test]
+    fn the_fleet_sees_the_reported_state_only_under_the_vehicles_grant() {
+        use twinlink_msgs::twin_msgs::msg::SharingRule;
+        let mut twin = Twin::new("veh-1", &settings());
+        let t0 = 1_700_000_010.0;
+        let us = |t: f64| (t * 1e6) as u64;
+        assert_eq!(twin.reported_version(), 0);
+        assert_eq!(twin.reported_for_fleet(us(t0)).unwrap_err(), "no_state");
+        twin.on_state(&state(t0, 1234.0, 25.0)).unwrap();
+        assert_eq!(twin.reported_version(), us(t0));
+        assert_eq!(twin.reported_for_fleet(us(t0)).unwrap_err(), "no_rule");
+        let mut policy = SharingPolicy::default();
+        policy.rules.push(SharingRule {
+            category: SharedObservation::CATEGORY_TRAFFIC,
+            audience: SharingRule::AUDIENCE_SAME_FLEET,
+            spatial_precision: 100.0,
+            max_age: 10.0,
+            ..Default::default()
+        });
+        twin.on_policy(policy, us(t0)).unwrap();
+        let r = twin.reported_for_fleet(us(t0)).unwrap();
+        assert_eq!((r.x, r.y, r.speed), (1200.0, 0.0, 25.0), "snapped to 100 m");
+        assert_eq!(r.stamp_us, us(t0));
+    }
+
+    #[test]
+    fn connectivity_says_since_and_until_when() {
+        let mut twin = Twin::new("veh-1", &settings());
+        assert_eq!(twin.connectivity(), Connectivity::default());
+        twin.set_connected(true, 10);
+        assert_eq!(
+            twin.connectivity(),
+            Connectivity {
+                connected: true,
+                since_us: Some(10),
+                until_us: None
+            }
+        );
+        twin.set_connected(false, 20);
+        twin.set_connected(false, 30);
+        assert_eq!(
+            twin.connectivity(),
+            Connectivity {
+                connected: false,
+                since_us: Some(10),
+                until_us: Some(20)
+            }
+        );
     }
 
     #[test]
