@@ -398,3 +398,187 @@ fn operators_set_policies_that_are_enforced_audited_and_durable() {
     assert!(o.status.success(), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The newest recommendation `pe` receives within `within`.
+fn newest_advice(
+    rt: &tokio::runtime::Runtime,
+    pe: &mut Link,
+    within: Duration,
+) -> Option<twinlink_msgs::twin_msgs::msg::Recommendation> {
+    use twinlink_link::minimal::from_link;
+    use twinlink_link::LinkEvent;
+    let mut newest = None;
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, pe.recv()).await {
+            if let LinkEvent::Message(d) = e {
+                if let Ok(r) = from_link(&d.message) {
+                    newest = Some(r);
+                }
+            }
+        }
+    });
+    newest
+}
+
+#[test]
+fn operators_read_a_twins_state_and_set_what_they_want_of_it() {
+    let dir = work_dir("twin_state");
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("operator alice {OPERATOR_TOKEN}\nviewer bob {VIEWER_TOKEN}\n"),
+    )
+    .unwrap();
+    let mut host = Host {
+        endpoint: format!("tcp/127.0.0.1:{}", free_port()),
+        admin: format!("127.0.0.1:{}", free_port()),
+        dir: dir.clone(),
+        args: vec!["--admin-tokens".into(), tokens.to_str().unwrap().into()],
+        process: None,
+    };
+    let o = twinctl(
+        &["provision", "veh-2", "--out", keys.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    host.start();
+    let admin = host.admin.clone();
+    let state_json = || {
+        let o = twinctl(
+            &["state", "get", "veh-2", "--admin", &admin, "--json"],
+            Some(VIEWER_TOKEN),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pe_keys = twinlink_link::KeyMaterial::load(
+        &keys.join("veh-2.pe.key"),
+        &twinlink_link::VehicleId::new("veh-2").unwrap(),
+        twinlink_link::Role::Pe,
+    )
+    .unwrap();
+    let mut pe = rt
+        .block_on(Link::open(LinkConfig::new(
+            pe_keys,
+            ZenohSettings::peer_connecting(&host.endpoint),
+        )))
+        .unwrap();
+    rt.block_on(pe.wait_peer_up(Duration::from_secs(10)))
+        .unwrap();
+    let send_state = |pe: &Link| {
+        let mut s = state(1234.0);
+        s.twist.linear.x = 30.0;
+        pe.send(to_link("state", Priority::OwnState, &s, now_us()))
+            .unwrap();
+    };
+    send_state(&pe);
+    let advice = newest_advice(&rt, &mut pe, Duration::from_secs(2)).expect("advice");
+    assert!(advice.target_speed > 25.0, "{}", advice.target_speed);
+
+    // Without the vehicle's grant the operator sees versions and the link, not where it is.
+    let doc = state_json();
+    assert_eq!(doc["reported"]["state"], Value::Null, "{doc}");
+    assert_eq!(doc["reported"]["withheld"], "no_rule");
+    assert!(doc["reported"]["version"].as_u64().unwrap() > 0);
+    assert_eq!(doc["connectivity"]["connected"], true);
+    assert!(doc["connectivity"]["since_us"].as_u64().unwrap() > 0);
+    assert!(doc["connectivity"]["rtt_us"].as_u64().is_some(), "{doc}");
+    assert_eq!(doc["desired"]["version"], 0);
+    let o = twinctl(
+        &["state", "get", "veh-2", "--admin", &admin],
+        Some(VIEWER_TOKEN),
+    );
+    assert!(text(&o).contains("withheld (no_rule)"), "{}", text(&o));
+    // A traffic grant to the fleet shows it, at the grant's 100 m.
+    let o = twinctl(
+        &[
+            "policy",
+            "set",
+            "veh-2",
+            "--admin",
+            &admin,
+            "--rule",
+            "traffic:same_fleet:100:10",
+        ],
+        Some(OPERATOR_TOKEN),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let doc = state_json();
+    assert_eq!(doc["reported"]["state"]["x"], 1200.0, "{doc}");
+    assert_eq!(doc["reported"]["state"]["y"], 0.0, "{doc}");
+
+    // Desired state: operators only, checked, versioned, in force at once.
+    let cap = [
+        "state",
+        "set",
+        "veh-2",
+        "--admin",
+        &admin,
+        "--max-speed-kmh",
+        "54",
+    ];
+    let o = twinctl(&cap, Some(VIEWER_TOKEN));
+    assert!(text(&o).contains("403"), "{}", text(&o));
+    let o = twinctl(
+        &[
+            "state",
+            "set",
+            "veh-2",
+            "--admin",
+            &admin,
+            "--max-speed-kmh",
+            "900",
+        ],
+        Some(OPERATOR_TOKEN),
+    );
+    assert!(text(&o).contains("max_speed_mps"), "{}", text(&o));
+    let o = twinctl(&cap, Some(OPERATOR_TOKEN));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("desired   v1: speed cap 54 km/h, set by alice"),
+        "{}",
+        text(&o)
+    );
+    send_state(&pe);
+    let advice = newest_advice(&rt, &mut pe, Duration::from_secs(2)).expect("advice");
+    assert!(
+        (advice.target_speed - 15.0).abs() < 1e-3,
+        "{}",
+        advice.target_speed
+    );
+    assert!(advice.reason.contains("operator"), "{}", advice.reason);
+    // A change made against a version that moved on is refused.
+    let o = twinctl(
+        &[
+            "state",
+            "set",
+            "veh-2",
+            "--admin",
+            &admin,
+            "--no-cap",
+            "--if-version",
+            "0",
+        ],
+        Some(OPERATOR_TOKEN),
+    );
+    assert!(text(&o).contains("409"), "{}", text(&o));
+
+    // Durable: after kill -9 the twin still has the operator's cap.
+    host.process.take().unwrap().kill();
+    host.start();
+    let doc = state_json();
+    assert_eq!(doc["desired"]["version"], 1, "{doc}");
+    assert_eq!(doc["desired"]["by"], "alice");
+    assert!((doc["desired"]["max_speed_mps"].as_f64().unwrap() - 15.0).abs() < 1e-9);
+    let audit = std::fs::read_to_string(dir.join("data/veh-2/audit.log")).unwrap();
+    assert!(
+        audit.contains("\"desired_set\"") && audit.contains("\"alice\""),
+        "the change is in the twin's history"
+    );
+    rt.block_on(pe.close());
+}

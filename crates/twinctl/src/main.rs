@@ -85,9 +85,51 @@ enum Command {
         command: FleetCommand,
     },
     /// Read or set what a twin may share with other twins (its vehicle's consent).
+    /// A twin's state for operators: reported, desired, connectivity.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// A twin's state: what its vehicle reported (under its grant), what the operator
+    /// wants, both versioned, its advice and its link.
+    Get {
+        /// The vehicle's id.
+        vehicle: String,
+        /// A DR host's admin endpoint (any host of the twin's fleet).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set what the operator wants of a twin (needs an operator token).
+    Set {
+        /// The vehicle's id.
+        vehicle: String,
+        /// A DR host's admin endpoint (any host of the twin's fleet).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Highest speed the twin may advise [km/h].
+        #[arg(long, conflicts_with = "no_cap")]
+        max_speed_kmh: Option<f64>,
+        /// Remove the speed cap.
+        #[arg(long)]
+        no_cap: bool,
+        /// Refuse the change if the desired state is no longer at this version (the
+        /// version `state get` showed).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Print the host's JSON as it is.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +300,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dr {
             command: DrCommand::List { admin, json },
         } => dr_list(&admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::State {
+            command:
+                StateCommand::Get {
+                    vehicle,
+                    admin,
+                    json,
+                },
+        } => state_get(&vehicle, &admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::State {
+            command:
+                StateCommand::Set {
+                    vehicle,
+                    admin,
+                    max_speed_kmh,
+                    no_cap,
+                    if_version,
+                    json,
+                },
+        } => state_set(
+            &vehicle,
+            &admin,
+            token,
+            max_speed_kmh,
+            no_cap,
+            if_version,
+            json,
+        )
+        .map(|()| ExitCode::SUCCESS),
         Command::Dr {
             command: DrCommand::Hosts { admin, json },
         } => dr_hosts(&admin, token, json).map(|()| ExitCode::SUCCESS),
@@ -471,6 +541,126 @@ fn format_hosts(doc: &serde_json::Value) -> String {
             h["started_us"].as_u64().map_or("-".into(), rfc3339)
         );
     }
+    text
+}
+
+fn state_get(vehicle: &str, admin: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    let doc = admin_json(admin, &format!("/twins/{vehicle}/state"), token)?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    emit(&format_state(&doc))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn state_set(
+    vehicle: &str,
+    admin: &str,
+    token: Option<&str>,
+    max_speed_kmh: Option<f64>,
+    no_cap: bool,
+    if_version: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    if token.is_none() {
+        anyhow::bail!(
+            "changing a desired state needs an operator token: give --token or set TWINLINK_ADMIN_TOKEN"
+        );
+    }
+    let max_speed_mps = match (max_speed_kmh, no_cap) {
+        (Some(kmh), _) => {
+            anyhow::ensure!(
+                kmh.is_finite() && kmh > 0.0,
+                "--max-speed-kmh must be a positive number, got {kmh}"
+            );
+            Some(kmh / 3.6)
+        }
+        (None, true) => None,
+        (None, false) => anyhow::bail!("say what to set: --max-speed-kmh KMH, or --no-cap"),
+    };
+    let body = serde_json::to_string(&twin_dr_host::admin::DesiredDocument {
+        max_speed_mps,
+        if_version,
+    })?;
+    let doc = admin_call(
+        admin,
+        "PUT",
+        &format!("/twins/{vehicle}/desired"),
+        token,
+        Some(&body),
+    )?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    }
+    emit(&format!("desired state set.\n{}", format_state(&doc)))
+}
+
+/// A twin's state document (`GET /twins/<v>/state`) for people.
+fn format_state(doc: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let time = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), rfc3339);
+    let mut text = format!(
+        "twin of {}{}\n",
+        doc["vehicle"].as_str().unwrap_or("?"),
+        doc["host"]
+            .as_str()
+            .map_or(String::new(), |h| format!(" on {h}"))
+    );
+    let r = &doc["reported"];
+    text += &match r["state"].as_object() {
+        Some(s) => format!(
+            "  reported  v{}: x {:.0} m, y {:.0} m, {:.1} m/s, lane {} (as the vehicle's grant allows)\n",
+            r["version"], f(&s["x"]), f(&s["y"]), f(&s["speed"]), s["lane"]
+        ),
+        None => format!(
+            "  reported  v{}: withheld ({})\n",
+            r["version"],
+            r["withheld"].as_str().unwrap_or("?")
+        ),
+    };
+    let d = &doc["desired"];
+    text += &format!(
+        "  desired   v{}: {}{}\n",
+        d["version"],
+        match d["max_speed_mps"].as_f64() {
+            Some(v) => format!("speed cap {:.0} km/h", v * 3.6),
+            None => "no speed cap".to_string(),
+        },
+        match d["by"].as_str() {
+            Some(by) if !by.is_empty() => format!(", set by {by} at {}", time(&d["set_at_us"])),
+            _ => String::new(),
+        }
+    );
+    if let Some(a) = doc["advice"].as_object() {
+        text += &format!(
+            "  advice:      {:.0} km/h, lane {}, {}\n",
+            f(&a["target_speed"]) * 3.6,
+            a["target_lane"],
+            a["reason"].as_str().unwrap_or("")
+        );
+    }
+    let c = &doc["connectivity"];
+    text += &if c["connected"] == true {
+        format!(
+            "  link:        connected since {}, rtt {}, uplink {}\n",
+            time(&c["since_us"]),
+            c["rtt_us"]
+                .as_u64()
+                .map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1000.0)),
+            c["uplink_bottleneck_bps"]
+                .as_u64()
+                .map_or("-".into(), |b| format!("{:.0} kbit/s", b as f64 / 1000.0)),
+        )
+    } else {
+        format!(
+            "  link:        not connected{}\n",
+            c["until_us"]
+                .as_u64()
+                .map_or(String::new(), |t| format!(" since {}", rfc3339(t)))
+        )
+    };
     text
 }
 

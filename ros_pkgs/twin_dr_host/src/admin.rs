@@ -50,6 +50,10 @@ pub enum AdminRequest {
     GetPolicy(String, oneshot::Sender<Option<Value>>),
     /// Replace one twin's sharing policy.
     SetPolicy(PolicyChange, oneshot::Sender<Result<Value, AdminError>>),
+    /// One twin's state document; `None` when it is not hosted.
+    GetState(String, oneshot::Sender<Option<Value>>),
+    /// Replace what an operator wants of one twin.
+    SetDesired(DesiredChange, oneshot::Sender<Result<Value, AdminError>>),
     /// The admin endpoint of the fleet's host that serves a vehicle now, if another one.
     Owner(String, oneshot::Sender<Option<String>>),
     /// The fleet's hosts and this host's shards (`null` outside a fleet).
@@ -71,6 +75,32 @@ pub struct PolicyChange {
     pub policy: SharingPolicy,
     /// The operator's name from the token file.
     pub operator: String,
+}
+
+/// An operator's new desired state for one twin.
+#[derive(Debug, Clone)]
+pub struct DesiredChange {
+    /// The twin's vehicle.
+    pub vehicle: String,
+    /// Highest speed the twin may advise [m/s] (`None`: no cap).
+    pub max_speed_mps: Option<f64>,
+    /// The version the operator read (`If-Match`): refused with 409 if it moved on.
+    pub if_version: Option<u64>,
+    /// The operator's name from the token file.
+    pub operator: String,
+}
+
+/// The body of `PUT /twins/<vehicle>/desired`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredDocument {
+    /// Highest speed the twin may advise [m/s]; null or absent: no cap.
+    #[serde(default)]
+    pub max_speed_mps: Option<f64>,
+    /// The version this change follows (as the `If-Match` header): refused with 409 if the
+    /// desired state moved on since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<u64>,
 }
 
 /// A refused request: its HTTP status and what to do about it.
@@ -288,6 +318,68 @@ async fn not_hosted(s: &AdminState, vehicle: &str) -> Response {
     }
 }
 
+async fn get_state(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    one_twin(&s, &headers, vehicle, AdminRequest::GetState).await
+}
+
+async fn put_desired(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let operator = match s.authorize(&headers, Role::Operator) {
+        Ok(name) => name,
+        Err(r) => return r,
+    };
+    let document: DesiredDocument = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a desired state ({{\"max_speed_mps\": 25.0}}): {e}\n"),
+            )
+        }
+    };
+    if let Err(e) = crate::twin::DesiredState::check(document.max_speed_mps) {
+        return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+    }
+    let if_version = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => match v.trim().trim_matches('"').parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "If-Match must be the desired state's version (a number), got {v:?}\n"
+                    ),
+                )
+            }
+        },
+        Some(Err(_)) => {
+            return text(StatusCode::BAD_REQUEST, "If-Match is not text\n");
+        }
+    }
+    .or(document.if_version);
+    let change = DesiredChange {
+        vehicle: vehicle.clone(),
+        max_speed_mps: document.max_speed_mps,
+        if_version,
+        operator,
+    };
+    match s.ask(|tx| AdminRequest::SetDesired(change, tx)).await {
+        Ok(Ok(v)) => json(&v),
+        Ok(Err(e)) if e.status == 404 => not_hosted(&s, &vehicle).await,
+        Ok(Err(e)) => refused(e),
+        Err(r) => r,
+    }
+}
+
 async fn fleet(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.authorize(&headers, Role::Viewer) {
         return r;
@@ -415,7 +507,7 @@ async fn put_policy(
 async fn fallback() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /fleet, /drain (POST)\n",
+        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /twins/<vehicle>/state, /twins/<vehicle>/desired (PUT), /fleet, /drain (POST)\n",
     )
 }
 
@@ -441,6 +533,8 @@ pub async fn serve(
             "/twins/{vehicle}/policy",
             get_route(get_policy).put(put_policy),
         )
+        .route("/twins/{vehicle}/state", get_route(get_state))
+        .route("/twins/{vehicle}/desired", axum::routing::put(put_desired))
         .route("/fleet", get_route(fleet))
         .route("/drain", axum::routing::post(drain))
         .fallback(fallback)
@@ -590,7 +684,9 @@ mod tests {
                     AdminRequest::List(reply) => {
                         let _ = reply.send(serde_json::json!([{"vehicle": "veh-1"}]));
                     }
-                    AdminRequest::Get(v, reply) | AdminRequest::GetPolicy(v, reply) => {
+                    AdminRequest::Get(v, reply)
+                    | AdminRequest::GetPolicy(v, reply)
+                    | AdminRequest::GetState(v, reply) => {
                         let _ =
                             reply.send((v == "veh-1").then(|| serde_json::json!({"vehicle": v})));
                     }
@@ -603,6 +699,12 @@ mod tests {
                     }
                     AdminRequest::Owner(_, reply) => {
                         let _ = reply.send(None);
+                    }
+                    AdminRequest::SetDesired(change, reply) => {
+                        let _ = reply.send(match change.if_version {
+                            Some(v) if v != 3 => Err(AdminError::new(409, "version moved on")),
+                            _ => Ok(serde_json::json!({"by": change.operator, "max_speed_mps": change.max_speed_mps})),
+                        });
                     }
                     AdminRequest::Fleet(reply) => {
                         let _ = reply.send(Ok(serde_json::json!({"fleet": null})));
@@ -651,6 +753,39 @@ mod tests {
             .unwrap();
         assert_eq!(r.0, 403);
         assert!(r.1.contains("--admin-tokens"), "{}", r.1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn desired_states_are_checked_and_versioned() {
+        let tokens =
+            Tokens::parse(&format!("operator alice {OPERATOR}\nviewer bob {VIEWER}\n")).unwrap();
+        let a = serve_fake(Some(tokens)).await;
+        let put = |token, body| call(&a, "PUT", "/twins/veh-1/desired", Some(token), Some(body));
+        let r = put(VIEWER, r#"{"max_speed_mps": 20}"#).await.unwrap();
+        assert_eq!(r.0, 403, "{}", r.1);
+        let r = put(OPERATOR, r#"{"max_speed_mps": 20}"#).await.unwrap();
+        assert_eq!(r.0, 200, "{}", r.1);
+        assert!(r.1.contains("alice"), "{}", r.1);
+        let r = put(OPERATOR, r#"{"max_speed_mps": 500}"#).await.unwrap();
+        assert_eq!(r.0, 400, "{}", r.1);
+        assert!(r.1.contains("max_speed_mps"), "{}", r.1);
+        let r = put(OPERATOR, r#"{"speed": 20}"#).await.unwrap();
+        assert_eq!(r.0, 400, "{}", r.1);
+        assert!(r.1.contains("unknown field"), "{}", r.1);
+        let r = put(OPERATOR, r#"{"max_speed_mps": null, "if_version": 2}"#)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 409, "the host refuses a stale version: {}", r.1);
+        let r = put(OPERATOR, r#"{"if_version": 3}"#).await.unwrap();
+        assert_eq!(r.0, 200, "{}", r.1);
+        let r = call(&a, "GET", "/twins/veh-1/state", Some(VIEWER), None)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 200, "{}", r.1);
+        let r = call(&a, "GET", "/twins/veh-9/state", Some(VIEWER), None)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 404, "{}", r.1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

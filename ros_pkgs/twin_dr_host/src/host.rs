@@ -175,6 +175,8 @@ enum DrCommand {
     /// Work on the twin and its audit log in the twin's own turn (operator requests).
     Run(TwinJob),
     Status(oneshot::Sender<Value>),
+    /// The twin's state document (with the host's name in its fleet).
+    State(Option<String>, oneshot::Sender<Option<Value>>),
     Shutdown,
 }
 
@@ -469,6 +471,12 @@ pub async fn run(
                         owner_of(&shared, &slots, vehicle, reply);
                     }
                     Some(AdminRequest::Fleet(reply)) => fleet_document(&shared, reply),
+                    Some(AdminRequest::SetDesired(change, reply)) => {
+                        set_desired(&shared, &mut slots, change, reply);
+                    }
+                    Some(AdminRequest::GetState(vehicle, reply)) => {
+                        get_state(&shared, &slots, vehicle, reply);
+                    }
                     Some(AdminRequest::Drain(operator, reply)) => drain(&shared, operator, reply),
                     Some(request) => answer(&mut slots, request),
                     None => {}
@@ -1436,6 +1444,15 @@ fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
         AdminRequest::Owner(_, reply) => {
             let _ = reply.send(None);
         }
+        AdminRequest::GetState(_, reply) => {
+            let _ = reply.send(None);
+        }
+        AdminRequest::SetDesired(_, reply) => {
+            let _ = reply.send(Err(admin::AdminError::new(
+                500,
+                "handled by the host's loop",
+            )));
+        }
     }
 }
 
@@ -1527,11 +1544,19 @@ fn set_policy(
         })();
         let _ = reply.send(result);
     });
+    run_in_turn(shared, slot, job);
+}
+
+/// Runs `job` on a twin in its own turn: by its task when active, here (with its audit
+/// log opened for it) when dormant. A job that cannot run is dropped, and with it its
+/// reply ("try again").
+fn run_in_turn(shared: &Shared, slot: &mut Slot, job: TwinJob) {
     match &mut slot.state {
         SlotState::Active(tx) => {
             let _ = tx.send(DrCommand::Run(job));
         }
         SlotState::Dormant(twin) => {
+            let vehicle = slot.material.vehicle.to_string();
             let dir = twin_dir(&shared.config.audit_dir, &vehicle);
             match AuditLog::open(&dir, &slot.material.vehicle, shared.config.audit) {
                 Ok(mut audit) => {
@@ -1541,11 +1566,151 @@ fn set_policy(
                     }
                 }
                 Err(e) => {
-                    warn!(%vehicle, error = %e, "opening the audit log for a policy change failed; nothing changed")
+                    warn!(%vehicle, error = %e, "opening the audit log for an operator's change failed; nothing changed")
                 }
             }
         }
     }
+}
+
+/// An operator's new desired state for a twin: checked against the version they read,
+/// stored durably, in force for the next recommendation, audited with their name.
+fn set_desired(
+    shared: &Shared,
+    slots: &mut HashMap<String, Slot>,
+    change: admin::DesiredChange,
+    reply: oneshot::Sender<Result<Value, admin::AdminError>>,
+) {
+    use admin::AdminError;
+    let Some(slot) = slots.get_mut(&change.vehicle) else {
+        let _ = reply.send(Err(AdminError::new(
+            404,
+            format!(
+                "no twin {:?} on this host (`twinctl dr list` shows its twins)",
+                change.vehicle
+            ),
+        )));
+        return;
+    };
+    let store = shared.store.clone();
+    let host = host_name(shared);
+    let job: TwinJob = Box::new(move |twin, audit| {
+        let result = (|| {
+            let current = twin.desired().version;
+            if let Some(v) = change.if_version {
+                if v != current {
+                    return Err(AdminError::new(
+                        409,
+                        format!("the desired state is at version {current}, not {v}: read it again (`twinctl state get`) and retry"),
+                    ));
+                }
+            }
+            let desired = crate::twin::DesiredState {
+                version: current + 1,
+                set_at_us: now_us(),
+                by: change.operator.clone(),
+                max_speed_mps: change.max_speed_mps,
+            };
+            crate::twin::DesiredState::check(desired.max_speed_mps)
+                .map_err(|e| AdminError::new(400, e))?;
+            store.set_desired(twin.vehicle(), &desired).map_err(|e| {
+                AdminError::new(500, format!("the desired state was not stored: {e}"))
+            })?;
+            twin.set_desired(desired.clone())
+                .map_err(|e| AdminError::new(400, e))?;
+            // Audit details hold integers and strings only.
+            let cap = desired.max_speed_mps.map(|v| format!("{v}"));
+            audit
+                .append(
+                    Kind::Policy,
+                    json!({"event": "desired_set", "operator": change.operator,
+                           "version": desired.version, "max_speed_mps": cap}),
+                    b"",
+                )
+                .and_then(|_| audit.sync())
+                .map_err(|e| {
+                    AdminError::new(
+                        500,
+                        format!("the desired state is in force but the audit log refused its record: {e}"),
+                    )
+                })?;
+            Ok(state_document(twin, host.as_deref(), None, now_us()))
+        })();
+        let _ = reply.send(result);
+    });
+    run_in_turn(shared, slot, job);
+}
+
+/// Answers a twin's state document: from its task when active (with its link), from the
+/// dormant twin here.
+fn get_state(
+    shared: &Shared,
+    slots: &HashMap<String, Slot>,
+    vehicle: String,
+    reply: oneshot::Sender<Option<Value>>,
+) {
+    match slots.get(&vehicle).map(|s| &s.state) {
+        None => {
+            let _ = reply.send(None);
+        }
+        Some(SlotState::Dormant(twin)) => {
+            let _ = reply.send(Some(state_document(
+                twin,
+                host_name(shared).as_deref(),
+                None,
+                now_us(),
+            )));
+        }
+        Some(SlotState::Active(tx)) => {
+            // A twin stopping drops the request, and with it the reply: "try again".
+            let _ = tx.send(DrCommand::State(host_name(shared), reply));
+        }
+    }
+}
+
+/// This host's name in its fleet, if it is in one.
+fn host_name(shared: &Shared) -> Option<String> {
+    match &shared.store {
+        Store::Shared(s) => Some(s.view().host),
+        Store::Embedded(_) => None,
+    }
+}
+
+/// A twin's state as operators see it (after Eclipse Ditto's things and AWS IoT device
+/// shadows): what the vehicle reported (only under its `traffic` grant to its fleet, at
+/// that grant's precision), what the operator wants, both with versions, and the link.
+fn state_document(
+    twin: &Twin,
+    host: Option<&str>,
+    link: Option<&twinlink_link::LinkStats>,
+    now_us: u64,
+) -> Value {
+    let reported = match twin.reported_for_fleet(now_us) {
+        Ok(r) => json!({"version": twin.reported_version(), "state": r, "withheld": null}),
+        Err(reason) => {
+            json!({"version": twin.reported_version(), "state": null, "withheld": reason})
+        }
+    };
+    let c = twin.connectivity();
+    let advice = twin.last_plan().map(|p| {
+        json!({"target_speed": p.target_speed, "target_lane": p.target_lane, "reason": p.reason})
+    });
+    json!({
+        "vehicle": twin.vehicle(),
+        "host": host,
+        "reported": reported,
+        "desired": twin.desired(),
+        "advice": advice,
+        "connectivity": {
+            "connected": c.connected,
+            "since_us": c.since_us,
+            "until_us": c.until_us,
+            "rtt_us": link.and_then(|l| l.rtt.smoothed_us),
+            "uplink_bottleneck_bps": link.map(|l| l.peer_received.sender_bottleneck_bps),
+            "downlink_bottleneck_bps": link.map(|l| l.path.bottleneck_bps),
+            "last_sync_us": (twin.reported_version() > 0).then(|| twin.reported_version()),
+        },
+    })
 }
 
 /// A twin as a document: what the vehicle reported, what the twin estimates and advises.
@@ -1596,7 +1761,10 @@ async fn run_twin(
         &sharing,
         poison,
     );
-    match run.await {
+    let result = run.await;
+    // Its vehicle is not connected to this twin any more (gone, or the twin stopped).
+    twin.set_connected(false, now_us());
+    match result {
         Ok(()) => {}
         Err(e) => {
             shared.metrics.reject("activation_failed");
@@ -1727,10 +1895,12 @@ async fn twin_loop(
                     }
                     LinkEvent::PeerUp { .. } => {
                         peer_alive = true;
+                        twin.set_connected(true, now_us());
                         audit.append(Kind::Lifecycle, json!({"event": "vehicle_connected"}), b"")?;
                     }
                     LinkEvent::PeerDown { reason } => {
                         peer_alive = false;
+                        twin.set_connected(false, now_us());
                         gone_since = Instant::now();
                         audit.append(Kind::Lifecycle, json!({"event": "vehicle_gone", "reason": reason}), b"")?;
                     }
@@ -1750,6 +1920,10 @@ async fn twin_loop(
                         answer_query(shared, twin, &query, &mut audit).await?;
                     }
                     Some(DrCommand::Run(job)) => job(twin, &mut audit),
+                    Some(DrCommand::State(host, reply)) => {
+                        let stats = link.stats();
+                        let _ = reply.send(Some(state_document(twin, host.as_deref(), Some(&stats), now_us())));
+                    }
                     Some(DrCommand::Status(reply)) => {
                         let stats = Some(serde_json::to_value(link.stats()).unwrap_or(Value::Null));
                         let _ = reply.send(document(twin, now_us() as f64 * 1e-6, true, stats));

@@ -318,7 +318,7 @@ impl Twin {
                 since_us: Some(now_us),
                 until_us: None,
             };
-        } else if self.connectivity.connected || self.connectivity.until_us.is_none() {
+        } else if self.connectivity.connected {
             self.connectivity.connected = false;
             self.connectivity.until_us = Some(now_us);
         }
