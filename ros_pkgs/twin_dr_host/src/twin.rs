@@ -192,6 +192,15 @@ pub struct Twin {
     connectivity: Connectivity,
 }
 
+/// `v` snapped to a grid of pitch `p` (unchanged for `p` 0).
+pub fn snap(v: f64, p: f64) -> f64 {
+    if p > 0.0 {
+        (v / p).round() * p
+    } else {
+        v
+    }
+}
+
 /// Highest speed cap an operator may set [m/s] (252 km/h).
 pub const MAX_SPEED_CAP: f64 = 70.0;
 
@@ -389,8 +398,20 @@ impl Twin {
     /// grant to its fleet, with the position snapped to that grant's precision. `Err` names
     /// why it is withheld (`no_state`, or the consent's reason).
     pub fn reported_for_fleet(&self, now_us: u64) -> Result<ReportedState, &'static str> {
-        use twinlink_share::{Audience, Decision, DisclosureRequest};
         let r = self.reported.ok_or("no_state")?;
+        let p = self.fleet_grant(now_us)?;
+        Ok(ReportedState {
+            x: snap(r.x, p),
+            y: snap(r.y, p),
+            speed: (r.speed * 10.0).round() / 10.0,
+            ..r
+        })
+    }
+
+    /// The precision [m] at which the vehicle lets its fleet (its operators among them)
+    /// see where it is: its `traffic` grant to its fleet. `Err` names why there is none.
+    pub fn fleet_grant(&self, now_us: u64) -> Result<f64, &'static str> {
+        use twinlink_share::{Audience, Decision, DisclosureRequest};
         match self.sharing.consent().decide(
             &DisclosureRequest::new(
                 SharedObservation::CATEGORY_TRAFFIC,
@@ -399,16 +420,7 @@ impl Twin {
             ),
             now_us,
         ) {
-            Decision::Allow { precision_m, .. } => {
-                let p = f64::from(precision_m);
-                let snap = |v: f64| if p > 0.0 { (v / p).round() * p } else { v };
-                Ok(ReportedState {
-                    x: snap(r.x),
-                    y: snap(r.y),
-                    speed: (r.speed * 10.0).round() / 10.0,
-                    ..r
-                })
-            }
+            Decision::Allow { precision_m, .. } => Ok(f64::from(precision_m)),
             Decision::Deny(reason) => Err(reason.as_str()),
         }
     }
