@@ -575,10 +575,25 @@ fn operators_read_a_twins_state_and_set_what_they_want_of_it() {
     assert_eq!(doc["desired"]["version"], 1, "{doc}");
     assert_eq!(doc["desired"]["by"], "alice");
     assert!((doc["desired"]["max_speed_mps"].as_f64().unwrap() - 15.0).abs() < 1e-9);
-    let audit = std::fs::read_to_string(dir.join("data/veh-2/audit.log")).unwrap();
-    assert!(
-        audit.contains("\"desired_set\"") && audit.contains("\"alice\""),
-        "the change is in the twin's history"
+    // The change is in the twin's history, read through the host.
+    let o = twinctl(
+        &[
+            "history", "veh-2", "--admin", &admin, "--kind", "policy", "--limit", "5",
+        ],
+        Some(VIEWER_TOKEN),
     );
+    assert!(o.status.success(), "{}", text(&o));
+    let table = text(&o);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" policy ") && l.contains("desired_set") && l.contains("alice")),
+        "{table}"
+    );
+    let o = twinctl(
+        &["history", "veh-2", "--admin", &admin, "--kind", "nonsense"],
+        Some(VIEWER_TOKEN),
+    );
+    assert!(text(&o).contains("kind must be one of"), "{}", text(&o));
     rt.block_on(pe.close());
 }

@@ -85,6 +85,24 @@ enum Command {
         command: FleetCommand,
     },
     /// Read or set what a twin may share with other twins (its vehicle's consent).
+    /// A twin's history: the newest records of its audit log, through a DR host.
+    History {
+        /// The vehicle's id.
+        vehicle: String,
+        /// A DR host's admin endpoint (any host of the twin's fleet).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// How many records, the newest (1 to 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only records of this kind: exchange_in, exchange_out, disclosure, policy,
+        /// lifecycle, checkpoint, genesis.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A twin's state for operators: reported, desired, connectivity.
     State {
         #[command(subcommand)]
@@ -300,6 +318,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dr {
             command: DrCommand::List { admin, json },
         } => dr_list(&admin, token, json).map(|()| ExitCode::SUCCESS),
+        Command::History {
+            vehicle,
+            admin,
+            limit,
+            kind,
+            json,
+        } => history(&vehicle, &admin, token, limit, kind.as_deref(), json)
+            .map(|()| ExitCode::SUCCESS),
         Command::State {
             command:
                 StateCommand::Get {
@@ -539,6 +565,67 @@ fn format_hosts(doc: &serde_json::Value) -> String {
             state,
             h["shards"].as_u64().unwrap_or(0),
             h["started_us"].as_u64().map_or("-".into(), rfc3339)
+        );
+    }
+    text
+}
+
+fn history(
+    vehicle: &str,
+    admin: &str,
+    token: Option<&str>,
+    limit: usize,
+    kind: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let vehicle = VehicleId::new(vehicle)?;
+    anyhow::ensure!(
+        (1..=twin_dr_host::admin::MAX_HISTORY).contains(&limit),
+        "--limit must be 1 to {}, got {limit}",
+        twin_dr_host::admin::MAX_HISTORY
+    );
+    let mut path = format!("/twins/{vehicle}/history?limit={limit}");
+    if let Some(k) = kind {
+        anyhow::ensure!(
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "--kind {k:?}: a record kind such as policy, lifecycle, disclosure"
+        );
+        path += &format!("&kind={k}");
+    }
+    let records = admin_json(admin, &path, token)?;
+    if json {
+        return emit(&(serde_json::to_string_pretty(&records)? + "\n"));
+    }
+    emit(&format_history(&vehicle, &records))
+}
+
+/// History records (`GET /twins/<v>/history`) as a table.
+fn format_history(vehicle: &VehicleId, records: &serde_json::Value) -> String {
+    let records = records.as_array().cloned().unwrap_or_default();
+    let mut text = format!(
+        "{} records of {vehicle}'s history\n{:>7}  {:<20}  {:<12}  {}\n",
+        records.len(),
+        "INDEX",
+        "TIME",
+        "KIND",
+        "DETAIL"
+    );
+    for r in &records {
+        let mut detail = r["detail"].to_string();
+        if detail.len() > 100 {
+            let mut cut = 97;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail += "...";
+        }
+        text += &format!(
+            "{:>7}  {:<20}  {:<12}  {}\n",
+            r["index"],
+            r["time_us"].as_u64().map_or("-".to_string(), rfc3339),
+            r["kind"].as_str().unwrap_or("?"),
+            detail
         );
     }
     text

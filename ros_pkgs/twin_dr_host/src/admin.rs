@@ -50,6 +50,11 @@ pub enum AdminRequest {
     GetPolicy(String, oneshot::Sender<Option<Value>>),
     /// Replace one twin's sharing policy.
     SetPolicy(PolicyChange, oneshot::Sender<Result<Value, AdminError>>),
+    /// The newest records of one twin's history; `None` when it is not hosted.
+    History(
+        HistoryQuery,
+        oneshot::Sender<Option<Result<Value, AdminError>>>,
+    ),
     /// One twin's state document; `None` when it is not hosted.
     GetState(String, oneshot::Sender<Option<Value>>),
     /// Replace what an operator wants of one twin.
@@ -75,6 +80,61 @@ pub struct PolicyChange {
     pub policy: SharingPolicy,
     /// The operator's name from the token file.
     pub operator: String,
+}
+
+/// Which records of a twin's history to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// The twin's vehicle.
+    pub vehicle: String,
+    /// At most this many, the newest.
+    pub limit: usize,
+    /// Of this kind only (`policy`, `lifecycle`, `disclosure`, ...).
+    pub kind: Option<String>,
+}
+
+/// Most records one history request returns.
+pub const MAX_HISTORY: usize = 1000;
+
+/// The history query of `GET /twins/<v>/history?limit=N&kind=K` (default 20, any kind).
+pub fn parse_history_query(vehicle: &str, query: Option<&str>) -> Result<HistoryQuery, String> {
+    let mut q = HistoryQuery {
+        vehicle: vehicle.to_string(),
+        limit: 20,
+        kind: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                q.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_HISTORY).contains(n))
+                    .ok_or_else(|| format!("limit must be 1 to {MAX_HISTORY}, got {value:?}"))?
+            }
+            "kind" => {
+                let known = [
+                    "genesis",
+                    "exchange_in",
+                    "exchange_out",
+                    "disclosure",
+                    "policy",
+                    "lifecycle",
+                    "checkpoint",
+                ];
+                if !known.contains(&value) {
+                    return Err(format!(
+                        "kind must be one of {}, got {value:?}",
+                        known.join(", ")
+                    ));
+                }
+                q.kind = Some(value.to_string());
+            }
+            other => return Err(format!("unknown query parameter {other:?} (limit, kind)")),
+        }
+    }
+    Ok(q)
 }
 
 /// An operator's new desired state for one twin.
@@ -318,6 +378,27 @@ async fn not_hosted(s: &AdminState, vehicle: &str) -> Response {
     }
 }
 
+async fn history(
+    State(s): State<AdminState>,
+    UrlPath(vehicle): UrlPath<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    let q = match parse_history_query(&vehicle, query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
+    match s.ask(|tx| AdminRequest::History(q, tx)).await {
+        Ok(Some(Ok(v))) => json(&v),
+        Ok(Some(Err(e))) => refused(e),
+        Ok(None) => not_hosted(&s, &vehicle).await,
+        Err(r) => r,
+    }
+}
+
 async fn get_state(
     State(s): State<AdminState>,
     UrlPath(vehicle): UrlPath<String>,
@@ -507,7 +588,7 @@ async fn put_policy(
 async fn fallback() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /twins/<vehicle>/state, /twins/<vehicle>/desired (PUT), /fleet, /drain (POST)\n",
+        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /twins/<vehicle>/state, /twins/<vehicle>/history, /twins/<vehicle>/desired (PUT), /fleet, /drain (POST)\n",
     )
 }
 
@@ -534,6 +615,7 @@ pub async fn serve(
             get_route(get_policy).put(put_policy),
         )
         .route("/twins/{vehicle}/state", get_route(get_state))
+        .route("/twins/{vehicle}/history", get_route(history))
         .route("/twins/{vehicle}/desired", axum::routing::put(put_desired))
         .route("/fleet", get_route(fleet))
         .route("/drain", axum::routing::post(drain))
@@ -700,6 +782,12 @@ mod tests {
                     AdminRequest::Owner(_, reply) => {
                         let _ = reply.send(None);
                     }
+                    AdminRequest::History(q, reply) => {
+                        let _ = reply.send(
+                            (q.vehicle == "veh-1")
+                                .then(|| Ok(serde_json::json!([{"limit": q.limit}]))),
+                        );
+                    }
                     AdminRequest::SetDesired(change, reply) => {
                         let _ = reply.send(match change.if_version {
                             Some(v) if v != 3 => Err(AdminError::new(409, "version moved on")),
@@ -753,6 +841,24 @@ mod tests {
             .unwrap();
         assert_eq!(r.0, 403);
         assert!(r.1.contains("--admin-tokens"), "{}", r.1);
+    }
+
+    #[test]
+    fn history_queries_are_checked() {
+        let q = parse_history_query("veh-1", None).unwrap();
+        assert_eq!((q.limit, q.kind), (20, None));
+        let q = parse_history_query("veh-1", Some("limit=5&kind=policy")).unwrap();
+        assert_eq!((q.limit, q.kind.as_deref()), (5, Some("policy")));
+        for (bad, says) in [
+            ("limit=0", "limit"),
+            ("limit=5000", "limit"),
+            ("limit=x", "limit"),
+            ("kind=../etc", "kind"),
+            ("since=1", "unknown"),
+        ] {
+            let e = parse_history_query("veh-1", Some(bad)).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1050,6 +1050,70 @@ pub fn verify(
     Ok(analyze(&bytes, &path, vehicle, pinned).report)
 }
 
+/// Most bytes [`tail`] reads from the end of a log.
+pub const MAX_TAIL_BYTES: u64 = 16 << 20;
+
+/// The newest `limit` records of the log in `dir` (of kind `kind` when given, e.g.
+/// `policy`), oldest first, as they are written (records still in the writer's buffer are
+/// not there yet). Reads backwards from the end, at most [`MAX_TAIL_BYTES`]; a torn last
+/// line (a write cut short) is skipped. For reading a twin's history, not for verifying it
+/// ([`verify`]).
+pub fn tail(dir: &Path, limit: usize, kind: Option<&str>) -> std::io::Result<Vec<Value>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(dir.join(LOG_FILE))?;
+    let len = file.metadata()?.len();
+    let mut out: Vec<Value> = Vec::new();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut pos = len;
+    let floor = len.saturating_sub(MAX_TAIL_BYTES);
+    let mut first_line = true;
+    while pos > floor && out.len() < limit {
+        let step = (pos - floor).min(64 << 10);
+        pos -= step;
+        file.seek(SeekFrom::Start(pos))?;
+        let mut block = vec![0u8; step as usize];
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&carry);
+        // Whole lines only: what precedes the first newline may continue further back.
+        let split = if pos == 0 {
+            0
+        } else {
+            match block.iter().position(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => {
+                    carry = block;
+                    continue;
+                }
+            }
+        };
+        carry = block[..split].to_vec();
+        let lines: Vec<&[u8]> = block[split..].split(|&b| b == b'\n').collect();
+        for line in lines.into_iter().rev() {
+            if line.is_empty() {
+                continue;
+            }
+            let last = std::mem::replace(&mut first_line, false);
+            let Ok(record) = serde_json::from_slice::<Value>(line) else {
+                if last {
+                    continue; // torn by a crash mid-write
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a record of the audit log is not JSON (`twinctl audit verify` tells more)",
+                ));
+            };
+            if kind.is_none_or(|k| record["kind"] == k) {
+                out.push(record);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// Parses a public key written as 64 hex digits (as in `audit.pub`; surrounding
 /// whitespace is ignored).
 pub fn parse_public_key(text: &str) -> Result<[u8; 32], AuditError> {
@@ -1997,6 +2061,39 @@ mod tests {
 
     fn other_key() -> SigningKey {
         SigningKey::from_bytes(&[7; 32])
+    }
+
+    #[test]
+    fn the_tail_reads_the_newest_records_of_a_kind_backwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), 5000, DEFAULT_CHECKPOINT_EVERY);
+        let lines = read_lines(tmp.path());
+        let newest = tail(tmp.path(), 3, None).unwrap();
+        assert_eq!(newest.len(), 3);
+        let indices: Vec<u64> = newest
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap())
+            .collect();
+        let last = lines.len() as u64 - 1;
+        assert_eq!(indices, vec![last - 2, last - 1, last], "oldest first");
+        // Checkpoints are spread over the whole log: the reader goes back block by block.
+        let checkpoints = tail(tmp.path(), 100, Some("checkpoint")).unwrap();
+        assert_eq!(
+            checkpoints.len(),
+            5000 / 256 + 1,
+            "every one, from the start"
+        );
+        assert!(checkpoints.iter().all(|r| r["kind"] == "checkpoint"));
+        assert_eq!(tail(tmp.path(), 10, Some("no-such-kind")).unwrap().len(), 0);
+        // A line torn by a crash is skipped; damage elsewhere is an error.
+        let log = tmp.path().join(LOG_FILE);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"index\": 99").unwrap();
+        assert_eq!(tail(tmp.path(), 1, None).unwrap()[0]["index"], last);
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.insert_str(text.len() - 200, "\nnot json\n");
+        std::fs::write(&log, text).unwrap();
+        assert!(tail(tmp.path(), 10, None).is_err());
     }
 
     #[test]

@@ -474,6 +474,22 @@ pub async fn run(
                     Some(AdminRequest::SetDesired(change, reply)) => {
                         set_desired(&shared, &mut slots, change, reply);
                     }
+                    Some(AdminRequest::History(query, reply)) => {
+                        if !slots.contains_key(&query.vehicle) {
+                            let _ = reply.send(None);
+                        } else {
+                            let dir = twin_dir(&shared.config.audit_dir, &query.vehicle);
+                            tokio::task::spawn_blocking(move || {
+                                let result = match crate::audit::tail(&dir, query.limit, query.kind.as_deref()) {
+                                    Ok(records) => Ok(Value::from(records)),
+                                    // Never active on a host of this audit directory: no history yet.
+                                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!([])),
+                                    Err(e) => Err(admin::AdminError::new(500, format!("reading the twin's history: {e}"))),
+                                };
+                                let _ = reply.send(Some(result));
+                            });
+                        }
+                    }
                     Some(AdminRequest::GetState(vehicle, reply)) => {
                         get_state(&shared, &slots, vehicle, reply);
                     }
@@ -1445,6 +1461,9 @@ fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
             let _ = reply.send(None);
         }
         AdminRequest::GetState(_, reply) => {
+            let _ = reply.send(None);
+        }
+        AdminRequest::History(_, reply) => {
             let _ = reply.send(None);
         }
         AdminRequest::SetDesired(_, reply) => {
