@@ -37,8 +37,9 @@ struct Args {
     /// postgresql://twin@127.0.0.1:5432/twin) holding every twin's durable state. The
     /// host then serves the provisioned vehicles of the shards it owns, and takes over
     /// those of a host that fails. Without it, the host keeps its own state and serves
-    /// every provisioned vehicle.
-    #[arg(long)]
+    /// every provisioned vehicle. Also from TWINLINK_FLEET_DB (keeps a password out of
+    /// the process list).
+    #[arg(long, env = "TWINLINK_FLEET_DB", hide_env_values = true)]
     fleet_db: Option<String>,
     /// This host's name in the fleet (unique among its hosts; default: the machine's host
     /// name).
