@@ -376,23 +376,16 @@ impl EmbeddedStore {
         vehicle: &str,
         policy: &OperatorPolicy,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
-            let bytes = postcard::to_stdvec(policy).expect("operator policies serialize");
-            table.insert(vehicle, bytes.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        let bytes = postcard::to_stdvec(policy).expect("operator policies serialize");
+        self.put(OPERATOR_POLICIES, vehicle, &bytes)
     }
 
     /// The policy an operator last set for `vehicle`, if any.
     pub fn operator_policy(&self, vehicle: &str) -> Result<Option<OperatorPolicy>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(OPERATOR_POLICIES).map_err(db_err)?;
-        let Some(v) = table.get(vehicle).map_err(db_err)? else {
+        let Some(bytes) = self.get(OPERATOR_POLICIES, vehicle)? else {
             return Ok(None);
         };
-        postcard::from_bytes(v.value())
+        postcard::from_bytes(&bytes)
             .map(Some)
             .map_err(|source| StoreError::Corrupt {
                 what: "operator policy",
@@ -401,25 +394,44 @@ impl EmbeddedStore {
             })
     }
 
+    /// Writes one vehicle's value of a keyed table, durably (its own transaction).
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        vehicle: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(table)
+            .map_err(db_err)?
+            .insert(vehicle, bytes)
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// One vehicle's value of a keyed table.
+    fn get(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        vehicle: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        let value = table.get(vehicle).map_err(db_err)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
     /// Records `desired` for `vehicle`, durably (its own transaction).
     pub fn set_desired(&self, vehicle: &str, desired: &DesiredState) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(DESIRED).map_err(db_err)?;
-            let bytes = serde_json::to_vec(desired).expect("desired states serialize");
-            table.insert(vehicle, bytes.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        let bytes = serde_json::to_vec(desired).expect("desired states serialize");
+        self.put(DESIRED, vehicle, &bytes)
     }
 
     /// What an operator last wanted of `vehicle`.
     pub fn desired(&self, vehicle: &str) -> Result<Option<DesiredState>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(DESIRED).map_err(db_err)?;
-        let Some(v) = table.get(vehicle).map_err(db_err)? else {
-            return Ok(None);
-        };
-        decode_desired(vehicle, v.value()).map(Some)
+        self.get(DESIRED, vehicle)?
+            .map(|bytes| decode_desired(vehicle, &bytes))
+            .transpose()
     }
 
     /// Messages of `vehicle` still in the journal with sequence numbers from `from` on, in
@@ -750,6 +762,28 @@ mod tests {
         store.set_operator_policy("veh-1", &second).unwrap();
         assert_eq!(store.operator_policy("veh-1").unwrap(), Some(second));
         assert_eq!(store.operator_policy("veh-2").unwrap(), None);
+    }
+
+    #[test]
+    fn desired_states_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.redb");
+        let desired = DesiredState {
+            version: 2,
+            set_at_us: 7,
+            by: "alice".into(),
+            max_speed_mps: Some(20.0),
+        };
+        {
+            let store = Store::open(&path, 100).unwrap();
+            assert_eq!(store.desired("veh-1").unwrap(), None);
+            store.set_desired("veh-1", &desired).unwrap();
+        }
+        let store = Store::open(&path, 100).unwrap();
+        assert_eq!(store.desired("veh-1").unwrap(), Some(desired.clone()));
+        let restored = store.restore_many(&["veh-1".into(), "veh-2".into()]);
+        assert_eq!(restored[0].desired.as_ref().unwrap(), &Some(desired));
+        assert_eq!(restored[1].desired.as_ref().unwrap(), &None);
     }
 
     #[test]
