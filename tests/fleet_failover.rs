@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, work_dir, Postgres};
+use common::{free_port, start_router, work_dir, Postgres};
 use twin_dr_host::admin;
 use twin_dr_host::audit;
 use twin_dr_host::fleet::SharedStore;
@@ -32,24 +32,6 @@ fn provision(keys: &Path, vehicle: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-fn start_router(dir: &Path, name: &str, listen: &str, connect: Option<&str>) -> Supervised {
-    let mut c = Command::new(workspace_binary("twinlink-router").unwrap());
-    c.args(["--listen", listen]);
-    if let Some(other) = connect {
-        c.args(["--connect", other]);
-    }
-    c.stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
-    let router = Supervised::spawn(name, c).unwrap();
-    let addr = listen.trim_start_matches("tcp/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    router
 }
 
 struct Host {

@@ -10,9 +10,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, work_dir};
+use common::{free_port, start_router, work_dir};
 use serde_json::Value;
 use twinlink_launch::{workspace_binary, Supervised};
 use twinlink_link::link::zenoh_config;
@@ -102,22 +102,6 @@ fn assert_recommendations_consistent(pe: &Value, dr: &Value) {
     assert!(pe["sequence_gaps"].as_u64().unwrap() <= coalesced);
 }
 
-fn start_router(dir: &Path, endpoint: &str) -> Supervised {
-    let mut c = Command::new(workspace_binary("twinlink-router").unwrap());
-    c.args(["--listen", endpoint])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("router.log")).unwrap());
-    let router = Supervised::spawn("router", c).unwrap();
-    // Ready when the port answers.
-    let addr = endpoint.trim_start_matches("tcp/");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "router did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    router
-}
-
 fn stop_dr(mut dr: Supervised) {
     // On SIGTERM the DR closes its link and writes its report.
     dr.terminate();
@@ -130,7 +114,7 @@ fn pe_and_dr_processes_sync_through_a_router() {
     let vehicle = "veh-router";
     provision(&dir, vehicle);
     let router_ep = format!("tcp/127.0.0.1:{}", free_port());
-    let _router = start_router(&dir, &router_ep);
+    let _router = start_router(&dir, "router", &router_ep, None);
     let dr = spawn_end(&dir, "dr", vehicle, &router_ep, &[]);
     let mut pe = spawn_end(
         &dir,
@@ -166,7 +150,7 @@ async fn a_third_session_can_neither_read_nor_inject() {
     let vehicle = "veh-private";
     provision(&dir, vehicle);
     let router_ep = format!("tcp/127.0.0.1:{}", free_port());
-    let _router = start_router(&dir, &router_ep);
+    let _router = start_router(&dir, "router", &router_ep, None);
 
     // The third party: a plain Zenoh client of the same router.
     let third = zenoh::open(zenoh_config("client", &[], std::slice::from_ref(&router_ep)).unwrap())
@@ -348,7 +332,7 @@ fn drive_with_map(name: &str, map: Option<&twinlink_link::bandwidth::CoverageMap
     let vehicle = "veh-horizon";
     provision(&dir, vehicle);
     let router_ep = format!("tcp/127.0.0.1:{}", free_port());
-    let _router = start_router(&dir, &router_ep);
+    let _router = start_router(&dir, "router", &router_ep, None);
     let map_path = dir.join("coverage.json");
     if let Some(map) = map {
         std::fs::write(&map_path, serde_json::to_vec(map).unwrap()).unwrap();

@@ -72,3 +72,29 @@ impl Drop for Postgres {
         let _ = std::fs::remove_file(self.dir.with_extension("initdb.log"));
     }
 }
+
+/// Starts `twinlink-router` listening on `listen` (and connected to the router at
+/// `connect`), its log in `<dir>/<name>.log`; returns once its port answers.
+pub fn start_router(
+    dir: &std::path::Path,
+    name: &str,
+    listen: &str,
+    connect: Option<&str>,
+) -> twinlink_launch::Supervised {
+    let mut c =
+        std::process::Command::new(twinlink_launch::workspace_binary("twinlink-router").unwrap());
+    c.args(["--listen", listen]);
+    if let Some(other) = connect {
+        c.args(["--connect", other]);
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    let router = twinlink_launch::Supervised::spawn(name, c).unwrap();
+    let addr = listen.trim_start_matches("tcp/");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    router
+}

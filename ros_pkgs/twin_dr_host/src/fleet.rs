@@ -174,10 +174,15 @@ pub struct FleetConfig {
 type ReaderJob = Box<dyn FnOnce(&mut Option<Client>, &str) + Send>;
 
 /// Per twin, the newest sequence number a commit made durable.
-type Durable = Vec<(Arc<str>, u64)>;
+pub type Durable = Vec<(Arc<str>, u64)>;
 
 enum OwnerJob {
-    Commit(Vec<StoredOp>, std_mpsc::Sender<Result<Durable, StoreError>>),
+    /// The batch goes back with the result, so that the writer can notify its twins
+    /// without a copy of every message.
+    Commit(
+        Vec<WriteOp>,
+        std_mpsc::Sender<(Vec<WriteOp>, Result<Durable, StoreError>)>,
+    ),
     SetOperatorPolicy(
         String,
         OperatorPolicy,
@@ -190,14 +195,6 @@ enum OwnerJob {
     ),
     Released(Vec<u32>),
     Drain(std_mpsc::Sender<()>),
-}
-
-/// What the owner session needs of a write (the notify channel stays with the writer).
-struct StoredOp {
-    vehicle: Arc<str>,
-    incarnation: u64,
-    recommendation_seq: u64,
-    message: StoredMessage,
 }
 
 /// The fleet's database as one host uses it: reads on a session of their own, writes and
@@ -540,21 +537,42 @@ impl SharedStore {
     /// does not own are refused (not written, not reported): their vehicles resend them
     /// to the shard's owner.
     pub fn commit(&self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
-        let stored = ops
-            .iter()
-            .map(|op| StoredOp {
-                vehicle: op.vehicle.clone(),
-                incarnation: op.incarnation,
-                recommendation_seq: op.recommendation_seq,
-                message: op.message.clone(),
-            })
-            .collect();
+        self.commit_batch(ops.to_vec()).1
+    }
+
+    /// [`SharedStore::commit`] of a batch handed over and given back (the writer's path:
+    /// the messages cross to the owner session without being copied).
+    pub fn commit_batch(&self, ops: Vec<WriteOp>) -> (Vec<WriteOp>, Result<Durable, StoreError>) {
+        let stopped = || StoreError::Shared("the owner session stopped".into());
+        let owner = match self.owner() {
+            Ok(o) => o,
+            Err(e) => return (ops, Err(e)),
+        };
         let (tx, rx) = std_mpsc::channel();
-        self.owner()?
-            .send(OwnerJob::Commit(stored, tx))
-            .map_err(|_| StoreError::Shared("the owner session stopped".into()))?;
-        rx.recv()
-            .map_err(|_| StoreError::Shared("the owner session stopped".into()))?
+        if let Err(std_mpsc::SendError(OwnerJob::Commit(ops, _))) =
+            owner.send(OwnerJob::Commit(ops, tx))
+        {
+            return (ops, Err(stopped()));
+        }
+        rx.recv().unwrap_or_else(|_| (Vec::new(), Err(stopped())))
+    }
+
+    /// Where `vehicle`'s link stands (one read of its link record, not of its messages).
+    pub fn link(&self, vehicle: &str) -> Result<Option<LinkRecord>, StoreError> {
+        let vehicle = vehicle.to_string();
+        self.read(move |c| {
+            let row = c
+                .query_opt(
+                    "select incarnation, rx_next, recommendation_seq from twin_links where vehicle = $1",
+                    &[&vehicle],
+                )
+                .map_err(pg)?;
+            Ok(row.map(|r| LinkRecord {
+                incarnation: r.get::<_, i64>(0) as u64,
+                rx_next: r.get::<_, i64>(1) as u64,
+                recommendation_seq: r.get::<_, i64>(2) as u64,
+            }))
+        })
     }
 
     /// Records the policy an operator set for `vehicle`, durably (refused unless this host
@@ -736,7 +754,7 @@ impl OwnerSession {
                         self.lose_everything(e);
                     }
                 }
-                let _ = reply.send(result);
+                let _ = reply.send((ops, result));
             }
             OwnerJob::SetOperatorPolicy(vehicle, policy, reply) => {
                 let result = self.set_operator_policy(&vehicle, &policy);
@@ -933,10 +951,10 @@ impl OwnerSession {
             .ok_or_else(|| StoreError::Shared("not connected to the fleet's database".into()))
     }
 
-    fn commit(&mut self, ops: &[StoredOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+    fn commit(&mut self, ops: &[WriteOp]) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
         let shards = self.config.shards;
         let owned = &self.owned;
-        let ops: Vec<&StoredOp> = ops
+        let ops: Vec<&WriteOp> = ops
             .iter()
             .filter(|op| owned.contains_key(&shard_of(&op.vehicle, shards)))
             .collect();

@@ -643,16 +643,13 @@ fn went_dormant(shared: &Shared, slots: &HashMap<String, Slot>, vehicle: &str) {
 
 /// A twin rebuilt from the store: the newest vehicle state and the recommendation sequence.
 fn restore(shared: &Shared, vehicle: &str) -> Twin {
-    // One read of the twin's record serves its newest messages and its link.
-    restore_from(
-        shared,
-        vehicle,
-        crate::store::Restored {
-            record: shared.store.twin(vehicle),
-            operator: shared.store.operator_policy(vehicle),
-            desired: shared.store.desired(vehicle),
-        },
-    )
+    // One read transaction serves its record, its operator's policy and desired state.
+    let restored = shared
+        .store
+        .restore_many(&[vehicle.to_string()])
+        .pop()
+        .expect("one vehicle asked, one answer");
+    restore_from(shared, vehicle, restored)
 }
 
 /// Twins rebuilt from the store, read for all at once.

@@ -75,6 +75,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("durable store: {0}")]
     Db(#[from] redb::Error),
+    /// A database could not be read, or a record in it does not decode (what and why).
+    #[error("durable store: {0}")]
+    Unreadable(String),
     /// The fleet's shared database failed or refused the request.
     #[error("fleet database: {0}")]
     Shared(String),
@@ -203,12 +206,30 @@ impl Store {
 
     /// The link record of `vehicle`, if it ever received anything durable.
     pub fn link(&self, vehicle: &str) -> Result<Option<LinkRecord>, StoreError> {
-        Ok(self.twin(vehicle)?.map(|t| t.link))
+        match self {
+            Store::Embedded(s) => s.link(vehicle),
+            Store::Shared(s) => s.link(vehicle),
+        }
     }
 
     /// The newest stored message of every stream of `vehicle`, oldest first.
     pub fn latest(&self, vehicle: &str) -> Result<Vec<StoredMessage>, StoreError> {
         Ok(self.twin(vehicle)?.map(|t| t.latest).unwrap_or_default())
+    }
+
+    /// Commits a batch handed over and gives it back with the result (the writer's path;
+    /// see [`Store::commit`]).
+    pub fn commit_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> (Vec<WriteOp>, Result<crate::fleet::Durable, StoreError>) {
+        match self {
+            Store::Embedded(s) => {
+                let result = s.commit(&ops);
+                (ops, result)
+            }
+            Store::Shared(s) => s.commit_batch(ops),
+        }
     }
 
     /// Records `policy` as the one an operator set for `vehicle`, durably.
@@ -251,14 +272,7 @@ impl Store {
     /// against the shared database).
     pub fn restore_many(&self, vehicles: &[String]) -> Vec<Restored> {
         match self {
-            Store::Embedded(s) => vehicles
-                .iter()
-                .map(|v| Restored {
-                    record: s.twin(v),
-                    operator: s.operator_policy(v),
-                    desired: s.desired(v),
-                })
-                .collect(),
+            Store::Embedded(s) => vehicles.iter().map(|v| s.restored(v)).collect(),
             Store::Shared(s) => {
                 let shared_err = |e: &StoreError| StoreError::Shared(e.to_string());
                 let records = s.twins(vehicles);
@@ -382,16 +396,9 @@ impl EmbeddedStore {
 
     /// The policy an operator last set for `vehicle`, if any.
     pub fn operator_policy(&self, vehicle: &str) -> Result<Option<OperatorPolicy>, StoreError> {
-        let Some(bytes) = self.get(OPERATOR_POLICIES, vehicle)? else {
-            return Ok(None);
-        };
-        postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: "operator policy",
-                vehicle: vehicle.into(),
-                source,
-            })
+        self.get(OPERATOR_POLICIES, vehicle)?
+            .map(|bytes| decode_operator_policy(vehicle, &bytes))
+            .transpose()
     }
 
     /// Writes one vehicle's value of a keyed table, durably (its own transaction).
@@ -419,6 +426,32 @@ impl EmbeddedStore {
         let table = txn.open_table(table).map_err(db_err)?;
         let value = table.get(vehicle).map_err(db_err)?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// What restoring `vehicle` needs, from one read transaction.
+    pub fn restored(&self, vehicle: &str) -> Restored {
+        let txn = match self.db.begin_read() {
+            Ok(t) => t,
+            Err(e) => {
+                let e = db_err(e).to_string();
+                return Restored {
+                    record: Err(StoreError::Unreadable(e.clone())),
+                    operator: Err(StoreError::Unreadable(e.clone())),
+                    desired: Err(StoreError::Unreadable(e)),
+                };
+            }
+        };
+        let read = |table: TableDefinition<&str, &[u8]>| -> Result<Option<Vec<u8>>, StoreError> {
+            let table = txn.open_table(table).map_err(db_err)?;
+            let value = table.get(vehicle).map_err(db_err)?;
+            Ok(value.map(|v| v.value().to_vec()))
+        };
+        Restored {
+            record: read(TWINS).and_then(|b| b.map(|b| decode_twin(vehicle, &b)).transpose()),
+            operator: read(OPERATOR_POLICIES)
+                .and_then(|b| b.map(|b| decode_operator_policy(vehicle, &b)).transpose()),
+            desired: read(DESIRED).and_then(|b| b.map(|b| decode_desired(vehicle, &b)).transpose()),
+        }
     }
 
     /// Records `desired` for `vehicle`, durably (its own transaction).
@@ -536,10 +569,18 @@ impl EmbeddedStore {
     }
 }
 
+fn decode_operator_policy(vehicle: &str, bytes: &[u8]) -> Result<OperatorPolicy, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
+        what: "operator policy",
+        vehicle: vehicle.into(),
+        source,
+    })
+}
+
 /// A desired state as stored (JSON, so that operators' tools can read the table).
 pub fn decode_desired(vehicle: &str, bytes: &[u8]) -> Result<DesiredState, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Shared(format!(
+        StoreError::Unreadable(format!(
             "the desired state of {vehicle:?} does not decode: {e}"
         ))
     })
@@ -615,7 +656,8 @@ impl Writer {
                         }
                     }
                     let started = Instant::now();
-                    match store.commit(&batch) {
+                    let (batch, result) = store.commit_batch(batch);
+                    match result {
                         Ok(durable) => {
                             observe(batch.len(), started.elapsed(), true);
                             let notify: std::collections::HashMap<&str, &mpsc::UnboundedSender<u64>> =
