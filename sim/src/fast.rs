@@ -322,7 +322,7 @@ pub fn twin_road_spec(s: &Scenario) -> RoadSpec {
 
 /// One summary from several sensors' reports: for each object, the report of the sensor
 /// nearest to it in noise (the first sensor that reported it, sensors ordered by accuracy).
-fn fuse(reports: Vec<PerceptionSummary>) -> PerceptionSummary {
+pub fn fuse(reports: Vec<PerceptionSummary>) -> PerceptionSummary {
     let mut fused = PerceptionSummary::default();
     let mut seen = std::collections::HashSet::new();
     let mut raw = 0;

@@ -7,6 +7,8 @@
 //! | `GET /twins/<vehicle>` | viewer | one twin as a document: reported state, advice, link (JSON) |
 //! | `GET /twins/<vehicle>/policy` | viewer | the sharing policy in force, its version and origin (JSON) |
 //! | `PUT /twins/<vehicle>/policy` | operator | replaces the sharing policy (a [`PolicyDocument`]); durable, audited |
+//! | `GET /view` | none (the page holds no data) | the live fleet view: a web page that reads `/view/data` every second |
+//! | `GET /view/data` | viewer | the fleet view's data: the road, every host of the fleet with its key metrics, every twin's state document placed on the road (`?scope=host`: this host only) |
 //!
 //! **Access.** With a token file (`twin-dr-host --admin-tokens FILE`), every request needs
 //! `Authorization: Bearer <token>` of a role that may make it (`operator` may do what
@@ -65,6 +67,9 @@ pub enum AdminRequest {
     Fleet(oneshot::Sender<Result<Value, AdminError>>),
     /// Drain this host (by the named operator): its twins move to the fleet's other hosts.
     Drain(String, oneshot::Sender<Result<Value, AdminError>>),
+    /// What the fleet view shows of this host: its road and every twin's state document,
+    /// placed on the road (a [`ViewDocument`] as JSON).
+    View(oneshot::Sender<Value>),
 }
 
 /// Header naming the admin endpoint of the fleet's host that serves a twin asked for on
@@ -484,6 +489,174 @@ async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The fleet view's page and script (no data: what it shows comes from `/view/data`).
+const VIEW_PAGE: &str = include_str!("view/index.html");
+const VIEW_SCRIPT: &str = include_str!("view/app.js");
+
+/// Only the page's own script and requests to its own origin.
+const VIEW_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn view_page() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, VIEW_POLICY),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        VIEW_PAGE,
+    )
+        .into_response()
+}
+
+async fn view_script() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        VIEW_SCRIPT,
+    )
+        .into_response()
+}
+
+/// The metrics the fleet view shows of a host, from its Prometheus text.
+pub fn key_metrics(text: &str) -> Value {
+    let mut sums: HashMap<&str, f64> = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        if let Ok(v) = value.parse::<f64>() {
+            *sums.entry(name).or_default() += v;
+        }
+    }
+    let get = |n: &str| sums.get(n).copied().unwrap_or(0.0);
+    let count = get("twinlink_dr_latency_seconds_count");
+    serde_json::json!({
+        "provisioned": get("twinlink_dr_provisioned"),
+        "active": get("twinlink_dr_active"),
+        "owned_shards": get("twinlink_dr_owned_shards"),
+        "messages_total": get("twinlink_dr_messages_total"),
+        "recommendations_total": get("twinlink_dr_recommendations_total"),
+        "rejected_total": get("twinlink_dr_rejected_total"),
+        "mean_latency_ms": (count > 0.0).then(|| 1e3 * get("twinlink_dr_latency_seconds_sum") / count),
+    })
+}
+
+async fn view_data(
+    State(s): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Viewer) {
+        return r;
+    }
+    let host_only = match query.as_deref() {
+        None | Some("") => false,
+        Some("scope=host") => true,
+        Some(q) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown query {q:?}: /view/data takes nothing or scope=host\n"),
+            )
+        }
+    };
+    let mut local = match s.ask(AdminRequest::View).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    local["metrics"] = key_metrics(&s.metrics.render());
+    if host_only {
+        return json(&local);
+    }
+    // In a fleet, every other live host's part too (asked with the caller's token).
+    let fleet = match s.ask(AdminRequest::Fleet).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return refused(e),
+        Err(r) => return r,
+    };
+    let this = local["host"].as_str().map(str::to_string);
+    let others: Vec<crate::fleet::FleetHost> = fleet["fleet"]["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter_map(|h| serde_json::from_value(h.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let mut hosts = Vec::new();
+    let mut twins: Vec<Value> = local["twins"].as_array().cloned().unwrap_or_default();
+    let mut asks = Vec::new();
+    for h in others {
+        if Some(&h.name) == this.as_ref() || !h.live {
+            hosts.push(serde_json::json!({"name": h.name, "admin": h.admin, "live": h.live,
+                "draining": h.draining, "shards": h.shards, "reachable": h.live,
+                "metrics": if Some(&h.name) == this.as_ref() { local["metrics"].clone() } else { Value::Null }}));
+            continue;
+        }
+        let token = token.clone();
+        asks.push(tokio::task::spawn_blocking(move || {
+            let answer = request_once(
+                "GET",
+                &h.admin,
+                "/view/data?scope=host",
+                token.as_deref(),
+                None,
+                Duration::from_secs(1),
+            );
+            let part = match answer {
+                Ok((200, body, _)) => serde_json::from_str::<Value>(&body).ok(),
+                _ => None,
+            };
+            (h, part)
+        }));
+    }
+    for ask in asks {
+        let Ok((h, part)) = ask.await else { continue };
+        let reachable = part.is_some();
+        let metrics = part
+            .as_ref()
+            .map(|p| p["metrics"].clone())
+            .unwrap_or(Value::Null);
+        if let Some(Value::Array(more)) = part.map(|p| p["twins"].clone()) {
+            twins.extend(more);
+        }
+        hosts.push(serde_json::json!({"name": h.name, "admin": h.admin, "live": h.live,
+            "draining": h.draining, "shards": h.shards, "reachable": reachable, "metrics": metrics}));
+    }
+    if hosts.is_empty() {
+        hosts.push(
+            serde_json::json!({"name": this, "admin": null, "live": true, "draining": false,
+            "shards": null, "reachable": true, "metrics": local["metrics"].clone()}),
+        );
+    }
+    // A twin moving between hosts may show on both for a moment: keep the active one.
+    twins.sort_by(|a, b| {
+        a["vehicle"].as_str().cmp(&b["vehicle"].as_str()).then(
+            b["active"]
+                .as_bool()
+                .unwrap_or(false)
+                .cmp(&a["active"].as_bool().unwrap_or(false)),
+        )
+    });
+    twins.dedup_by(|b, a| a["vehicle"] == b["vehicle"]);
+    json(&serde_json::json!({
+        "generated_us": twinlink_link::link::now_us(),
+        "road": local["road"].clone(),
+        "hosts": hosts,
+        "twins": twins,
+    }))
+}
+
 fn refused(e: AdminError) -> Response {
     text(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -588,7 +761,7 @@ async fn put_policy(
 async fn fallback() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /twins/<vehicle>/state, /twins/<vehicle>/history, /twins/<vehicle>/desired (PUT), /fleet, /drain (POST)\n",
+        "paths: /metrics, /twins, /twins/<vehicle>, /twins/<vehicle>/policy, /twins/<vehicle>/state, /twins/<vehicle>/history, /twins/<vehicle>/desired (PUT), /fleet, /drain (POST), /view, /view/data\n",
     )
 }
 
@@ -619,6 +792,9 @@ pub async fn serve(
         .route("/twins/{vehicle}/desired", axum::routing::put(put_desired))
         .route("/fleet", get_route(fleet))
         .route("/drain", axum::routing::post(drain))
+        .route("/view", get_route(view_page))
+        .route("/view/app.js", get_route(view_script))
+        .route("/view/data", get_route(view_data))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
@@ -800,6 +976,13 @@ mod tests {
                     AdminRequest::Drain(_, reply) => {
                         let _ = reply.send(Err(AdminError::new(409, "not in a fleet")));
                     }
+                    AdminRequest::View(reply) => {
+                        let _ = reply.send(serde_json::json!({
+                            "host": null,
+                            "road": {"length": 1000.0, "lanes": 2},
+                            "twins": [{"vehicle": "veh-1", "active": true}],
+                        }));
+                    }
                 }
             }
         });
@@ -841,6 +1024,51 @@ mod tests {
             .unwrap();
         assert_eq!(r.0, 403);
         assert!(r.1.contains("--admin-tokens"), "{}", r.1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_the_fleet_view_and_its_data_to_viewers() {
+        let tokens = Tokens::parse(&format!("viewer wall {VIEWER}\n")).unwrap();
+        let a = serve_fake(Some(tokens)).await;
+        // The page and its script hold no data: served to anyone, with a strict policy.
+        let r = call(&a, "GET", "/view", None, None).await.unwrap();
+        assert_eq!(r.0, 200);
+        assert!(r.1.contains("<script src=\"/view/app.js\">"));
+        let r = call(&a, "GET", "/view/app.js", None, None).await.unwrap();
+        assert!(r.0 == 200 && r.1.contains("/view/data"));
+        // The data needs a viewer.
+        assert_eq!(call(&a, "GET", "/view/data", None, None).await.unwrap().0, 401);
+        let r = call(&a, "GET", "/view/data", Some(VIEWER), None)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 200, "{}", r.1);
+        let v: Value = serde_json::from_str(&r.1).unwrap();
+        assert_eq!(v["twins"][0]["vehicle"], "veh-1");
+        assert_eq!(v["road"]["lanes"], 2);
+        // Outside a fleet: this host alone, with its metrics.
+        assert_eq!(v["hosts"].as_array().unwrap().len(), 1);
+        assert_eq!(v["hosts"][0]["metrics"]["provisioned"], 2.0);
+        let r = call(&a, "GET", "/view/data?scope=host", Some(VIEWER), None)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 200);
+        assert!(r.1.contains("\"metrics\""));
+        let r = call(&a, "GET", "/view/data?scope=all", Some(VIEWER), None)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 400);
+        assert!(r.1.contains("scope=host"), "{}", r.1);
+    }
+
+    #[test]
+    fn key_metrics_sum_labelled_series_and_average_the_latency() {
+        let m = key_metrics(
+            "# HELP x\ntwinlink_dr_active 3\ntwinlink_dr_messages_total{type=\"a\"} 5\ntwinlink_dr_messages_total{type=\"b\"} 7\ntwinlink_dr_latency_seconds_sum 0.02\ntwinlink_dr_latency_seconds_count 4\n",
+        );
+        assert_eq!(m["active"], 3.0);
+        assert_eq!(m["messages_total"], 12.0);
+        assert!((m["mean_latency_ms"].as_f64().unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(key_metrics("")["mean_latency_ms"], Value::Null);
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub enum OwnershipEvent {
 }
 
 /// One host of the fleet as the database sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FleetHost {
     /// Its name (`--host-name`).
     pub name: String,

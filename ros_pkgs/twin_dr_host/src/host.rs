@@ -117,6 +117,11 @@ pub struct HostConfig {
     /// The regional service's aggregation window: each active twin whose vehicle consents
     /// contributes a census sample every [`CENSUS_PERIOD`] (`None`: no census).
     pub census_window: Option<Duration>,
+    /// The trust-zone deployment: a second Zenoh session for everything but the twins'
+    /// links (`None`: one session, [`HostConfig::zenoh`], for all).
+    pub outside: Option<crate::gate::OutsideSettings>,
+    /// Rate limits of the outside inputs (disclosures, queries, regional tiles).
+    pub gate: crate::gate::GateConfig,
 }
 
 /// Most bytes of other twins' disclosures waiting for verification.
@@ -238,6 +243,8 @@ const NOT_APPLYING: u64 = u64::MAX;
 /// What every twin task shares.
 struct Shared {
     config: HostConfig,
+    /// The session of everything but the twins' links: the outside session in the
+    /// trust-zone deployment, the links' own session otherwise.
     session: zenoh::Session,
     hub: LinkHub,
     store: Store,
@@ -298,14 +305,23 @@ pub async fn run(
         m.commit_seconds.observe(took.as_secs_f64());
         m.batch_messages.observe(n as f64);
     });
-    let session = zenoh::open(config.zenoh.to_config()?)
+    let link_session = zenoh::open(config.zenoh.to_config()?)
         .await
         .map_err(|e| anyhow::anyhow!("opening the zenoh session: {e}"))?;
+    // In the trust zone, outside inputs come over a session of their own: nothing of the
+    // twins' links is declared there.
+    let session = match &config.outside {
+        None => link_session.clone(),
+        Some(outside) => zenoh::open(outside.zenoh.to_config()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the outside zenoh session: {e}"))?,
+    };
+    let gate = Arc::new(crate::gate::Gate::new(config.gate).map_err(|e| anyhow::anyhow!("{e}"))?);
     let z = |what: &str, e: zenoh::Error| anyhow::anyhow!("zenoh {what}: {e}");
     // One set of wildcard declarations for every twin's link: frames, the vehicles'
     // liveliness tokens and handshakes go to the twin of the key's vehicle, and what
     // arrives for a dormant twin is reported here, so that the host wakes it.
-    let hub = LinkHub::declare(session.clone(), Role::Dr).await?;
+    let hub = LinkHub::declare(link_session.clone(), Role::Dr).await?;
     let mut hub_events = hub.watch();
     let regional = session
         .declare_subscriber(keys::any_region(REGION_TRAFFIC)?)
@@ -341,9 +357,14 @@ pub async fn run(
             let tile = keys::RegionTile::new(&tile.to_string())?;
             let key = keys::share(SHARE_CATEGORY, &tile)?;
             let (tx, m, queued) = (relay_tx.clone(), metrics.clone(), relay_queued.clone());
+            let gate = gate.clone();
             let subscriber = session
                 .declare_subscriber(key)
                 .callback(move |sample| {
+                    if !gate.admit(crate::gate::Inbound::Disclosure, sample.key_expr().as_str()) {
+                        HostMetrics::count(&m.relay_received, "result", "rate_limited");
+                        return;
+                    }
                     enqueue_disclosure(
                         &tx,
                         &queued,
@@ -359,12 +380,15 @@ pub async fn run(
         // Other twins' queries, for any tile: answered by this host's twins that share
         // hazards there, each for the querier's audience.
         let (tx, m) = (query_tx.clone(), metrics.clone());
+        let gate = gate.clone();
         queryable = Some(
             session
                 .declare_queryable(keys::any_share(SHARE_CATEGORY)?)
                 .callback(move |query| {
                     let len = query.payload().map_or(0, |p| p.len());
-                    if len > twinlink_share::disclosure::MAX_QUERY_BYTES {
+                    if !gate.admit(crate::gate::Inbound::Query, query.key_expr().as_str()) {
+                        HostMetrics::count(&m.queries_received, "result", "rate_limited");
+                    } else if len > twinlink_share::disclosure::MAX_QUERY_BYTES {
                         HostMetrics::count(&m.queries_received, "result", "oversize");
                     } else if tx.try_send(query).is_err() {
                         HostMetrics::count(&m.queries_received, "result", "overflow");
@@ -460,6 +484,10 @@ pub async fn run(
             }
             sample = regional.recv_async() => {
                 let Ok(sample) = sample else { break };
+                if !gate.admit(crate::gate::Inbound::Regional, sample.key_expr().as_str()) {
+                    HostMetrics::count(&shared.metrics.regional, "result", "rate_limited");
+                    continue;
+                }
                 apply_regional(&shared, &mut slots, &sample.payload().to_bytes());
             }
             request = admin_rx.recv() => {
@@ -494,6 +522,7 @@ pub async fn run(
                         get_state(&shared, &slots, vehicle, reply);
                     }
                     Some(AdminRequest::Drain(operator, reply)) => drain(&shared, operator, reply),
+                    Some(AdminRequest::View(reply)) => view_document(&shared, &slots, reply),
                     Some(request) => answer(&mut slots, request),
                     None => {}
                 }
@@ -549,6 +578,7 @@ pub async fn run(
     drop(shared);
     writer.stop();
     let _ = session.close().await;
+    let _ = link_session.close().await;
     Ok(())
 }
 
@@ -1457,6 +1487,9 @@ fn answer(slots: &mut HashMap<String, Slot>, request: AdminRequest) {
         AdminRequest::Owner(_, reply) => {
             let _ = reply.send(None);
         }
+        AdminRequest::View(reply) => {
+            let _ = reply.send(Value::Null);
+        }
         AdminRequest::GetState(_, reply) => {
             let _ = reply.send(None);
         }
@@ -1682,6 +1715,81 @@ fn get_state(
             let _ = tx.send(DrCommand::State(host_name(shared), reply));
         }
     }
+}
+
+/// What the fleet view shows of this host: the road (each lane's centre line) and every
+/// twin's state document, placed on the road where its vehicle's reported state (under the
+/// vehicle's grant) says. Active twins answer from their tasks; one that does not answer
+/// within a second is shown without its document.
+fn view_document(shared: &Shared, slots: &HashMap<String, Slot>, reply: oneshot::Sender<Value>) {
+    let host = host_name(shared);
+    let road = shared.config.settings.road.clone();
+    let now = now_us();
+    let mut ready: Vec<Value> = Vec::new();
+    let mut waiting: Vec<(String, oneshot::Receiver<Option<Value>>)> = Vec::new();
+    for (vehicle, slot) in slots {
+        match &slot.state {
+            SlotState::Dormant(twin) => {
+                let mut doc = state_document(twin, host.as_deref(), None, now);
+                doc["active"] = false.into();
+                ready.push(doc);
+            }
+            SlotState::Active(tx) => {
+                let (tx2, rx2) = oneshot::channel();
+                if tx.send(DrCommand::State(host.clone(), tx2)).is_ok() {
+                    waiting.push((vehicle.clone(), rx2));
+                }
+            }
+        }
+    }
+    tokio::spawn(async move {
+        for (vehicle, rx) in waiting {
+            let doc = tokio::time::timeout(Duration::from_secs(1), rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten();
+            ready.push(match doc {
+                Some(mut d) => {
+                    d["active"] = true.into();
+                    d
+                }
+                None => {
+                    json!({"vehicle": vehicle, "host": host, "active": true, "error": "no answer"})
+                }
+            });
+        }
+        for doc in &mut ready {
+            let place = doc["reported"]["state"]
+                .as_object()
+                .and_then(|s| Some((s.get("x")?.as_f64()?, s.get("y")?.as_f64()?)))
+                .map(|(x, y)| {
+                    let f = road.to_frenet(x, y);
+                    json!({"s": f.s, "d": f.d, "lane": road.lane_of(f.d)})
+                });
+            doc["place"] = place.unwrap_or(Value::Null);
+        }
+        ready.sort_by(|a, b| a["vehicle"].as_str().cmp(&b["vehicle"].as_str()));
+        let _ = reply.send(json!({"host": host, "road": road_lines(&road), "twins": ready}));
+    });
+}
+
+/// The road for drawing: its length, lane count and width, and each lane's centre line in
+/// the map frame (a point every 50 m at most).
+fn road_lines(road: &crate::road::Road) -> Value {
+    let steps = ((road.length() / 50.0).ceil() as usize).clamp(1, 2000);
+    let lanes: Vec<Vec<[f64; 2]>> = (0..road.lanes() as i32)
+        .map(|lane| {
+            (0..=steps)
+                .map(|i| {
+                    let s = road.length() * i as f64 / steps as f64;
+                    let (x, y, _) = road.to_map(s, road.lane_center(lane));
+                    [(x * 10.0).round() / 10.0, (y * 10.0).round() / 10.0]
+                })
+                .collect()
+        })
+        .collect();
+    json!({"length": road.length(), "lanes": road.lanes(), "lane_width": road.lane_width(), "centre_lines": lanes})
 }
 
 /// This host's name in its fleet, if it is in one.

@@ -20,7 +20,8 @@
 //! - [`fleet`]: many hosts over one PostgreSQL database: shared state, which host owns
 //!   which twins, failover.
 //! - [`audit`]: the hash-chained, signed history of every exchange and disclosure.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the operator endpoint.
+//! - [`gate`]: rate limits in front of every outside input; the trust zone's outside session.
+//! - [`metrics`], [`admin`]: Prometheus metrics, the operator endpoint and the fleet view.
 //! - [`host`]: thousands of twins on one Zenoh session and tokio runtime.
 //! - [`sequences`]: generated multi-sensor sequences with ground truth, for scoring the
 //!   tracker.
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod audit;
 pub mod ego;
 pub mod fleet;
+pub mod gate;
 pub mod hazard_detect;
 pub mod host;
 pub mod metrics;

@@ -103,6 +103,27 @@ struct Args {
     /// second under a per-window token; 0: no census.
     #[arg(long, default_value_t = 30.0)]
     census_window_s: f64,
+    /// Trust-zone deployment: join a second, outside Zenoh network in this mode (peer or
+    /// client). Other twins' disclosures and queries, the regional service, census and
+    /// DENMs then go over it, and the first session (--mode, --listen, --connect) carries
+    /// only the private links to the vehicles. Needs --outside-connect or
+    /// --outside-listen.
+    #[arg(long, value_parser = ["peer", "client"])]
+    outside_mode: Option<String>,
+    /// Outside endpoint to connect to (repeatable; see --outside-mode).
+    #[arg(long, requires = "outside_mode")]
+    outside_connect: Vec<String>,
+    /// Outside endpoint to listen on (repeatable; see --outside-mode).
+    #[arg(long, requires = "outside_mode")]
+    outside_listen: Vec<String>,
+    /// Outside inputs (disclosures, queries, regional tiles) allowed per second per key
+    /// expression, each kind on its own; the excess is dropped and counted as
+    /// `rate_limited`.
+    #[arg(long, default_value_t = twin_dr_host::gate::DEFAULT_RATE_HZ)]
+    outside_rate_hz: u32,
+    /// Outside inputs a key may send at once above its rate.
+    #[arg(long, default_value_t = twin_dr_host::gate::DEFAULT_BURST)]
+    outside_burst: u32,
     /// Resilience testing only: a message on this stream makes its twin's task panic.
     #[arg(long, hide = true)]
     chaos_panic_on_stream: Option<String>,
@@ -249,6 +270,31 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
             0.0 => None,
             w if (0.5..=3600.0).contains(&w) => Some(Duration::from_millis((w * 1000.0).round() as u64)),
             w => anyhow::bail!("--census-window-s must be 0 (off) or 0.5 to 3600 s like the regional service's window, got {w}"),
+        },
+        outside: match &args.outside_mode {
+            None => None,
+            Some(mode) => {
+                if args.outside_connect.is_empty() && args.outside_listen.is_empty() {
+                    anyhow::bail!("--outside-mode needs --outside-connect or --outside-listen (no multicast scouting is used)");
+                }
+                let zenoh = twinlink_link::ZenohSettings {
+                    mode: mode.clone(),
+                    listen: args.outside_listen.clone(),
+                    connect: args.outside_connect.clone(),
+                };
+                if zenoh.listen.iter().any(|e| args.zenoh.listen.contains(e)) {
+                    anyhow::bail!("--outside-listen and --listen name the same endpoint: the private links would be reachable from outside");
+                }
+                Some(twin_dr_host::gate::OutsideSettings { zenoh })
+            }
+        },
+        gate: {
+            let gate = twin_dr_host::gate::GateConfig {
+                rate_hz: args.outside_rate_hz,
+                burst: args.outside_burst,
+            };
+            gate.check().map_err(|e| anyhow::anyhow!("--outside-rate-hz/--outside-burst: {e}"))?;
+            gate
         },
         share: match &args.issuer_key {
             None => None,
