@@ -1037,7 +1037,10 @@ mod tests {
         let r = call(&a, "GET", "/view/app.js", None, None).await.unwrap();
         assert!(r.0 == 200 && r.1.contains("/view/data"));
         // The data needs a viewer.
-        assert_eq!(call(&a, "GET", "/view/data", None, None).await.unwrap().0, 401);
+        assert_eq!(
+            call(&a, "GET", "/view/data", None, None).await.unwrap().0,
+            401
+        );
         let r = call(&a, "GET", "/view/data", Some(VIEWER), None)
             .await
             .unwrap();
