@@ -53,6 +53,8 @@ const SHARDS: &str = "16";
 const TOKEN: &str = "soak-operator-token-0123456789";
 /// Seconds of a host process's life before its memory baseline is read.
 const WARMUP_S: f64 = 60.0;
+/// Advice within this long after a disruption counts as disrupted, the rest as steady.
+const DISRUPTION_WINDOW: Duration = Duration::from_secs(30);
 /// How long a vehicle that left waits for its link to have nothing outstanding.
 const DRAIN_WITHIN: Duration = Duration::from_secs(60);
 
@@ -63,6 +65,8 @@ struct Host {
     process: Option<Supervised>,
     /// Resident memory after the warm-up [KiB] (of this process instance).
     rss_baseline_kib: Option<u64>,
+    /// Twins provisioned then.
+    provisioned_at_baseline: f64,
     /// When this instance started.
     started: Instant,
 }
@@ -133,6 +137,7 @@ fn start_host(dir: &Path, name: &str, db: &str, connect: &[String]) -> Host {
         connect: connect.to_vec(),
         process: Some(process),
         rss_baseline_kib: None,
+        provisioned_at_baseline: 0.0,
         started: Instant::now(),
     }
 }
@@ -188,7 +193,8 @@ struct Outcome {
     logs: u64,
     /// The link had nothing outstanding when it closed.
     drained: bool,
-    latencies_us: Vec<u64>,
+    /// (arrival [µs since the epoch], summary-to-advice latency [µs]) of each advice.
+    latencies_us: Vec<(u64, u64)>,
     recommendations: u64,
 }
 
@@ -260,7 +266,7 @@ async fn drive(
                     let made = time_us(&r.header.stamp);
                     // The summary it answers: the newest sent before the twin made it.
                     if let Some(&s) = sent_at.iter().rev().find(|&&s| s <= made) {
-                        out.latencies_us.push(arrived.saturating_sub(s));
+                        out.latencies_us.push((arrived, arrived.saturating_sub(s)));
                     }
                 }
             }
@@ -351,6 +357,8 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks: BTreeMap<u32, tokio::task::JoinHandle<Outcome>> = BTreeMap::new();
     let mut events: Vec<String> = Vec::new();
+    // When each disruption began [µs since the epoch].
+    let mut disruptions: Vec<u64> = Vec::new();
     let kill_at = seconds / 3.0;
     let restart_host_at = kill_at + 60.0_f64.min(seconds / 6.0);
     let router_at = seconds * 2.0 / 3.0;
@@ -396,6 +404,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
                 && h.started.elapsed().as_secs_f64() >= WARMUP_S.min(seconds / 4.0)
             {
                 h.rss_baseline_kib = h.rss_kib();
+                h.provisioned_at_baseline = h.metric("twinlink_dr_provisioned");
             }
         }
         if killed.is_none() && t >= kill_at {
@@ -404,6 +413,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
                 .unwrap();
             let active = hosts[victim].metric("twinlink_dr_active");
             hosts[victim].process.take().unwrap().kill();
+            disruptions.push(now_us());
             events.push(format!(
                 "{t:.0} s: {} killed (SIGKILL) serving {active} active twins",
                 hosts[victim].name
@@ -420,6 +430,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         if !router_restarted && t >= router_at {
             router_restarted = true;
             router1.kill();
+            disruptions.push(now_us());
             std::thread::sleep(Duration::from_secs(3));
             router1 = restart_router(&dir, "router1", &r1, None);
             events.push(format!("{t:.0} s: router1 killed and restarted 3 s later"));
@@ -434,6 +445,10 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         .map(|t| rt.block_on(t).unwrap())
         .collect();
     let rss_end: Vec<Option<u64>> = hosts.iter().map(Host::rss_kib).collect();
+    let provisioned_end: Vec<f64> = hosts
+        .iter()
+        .map(|h| h.metric("twinlink_dr_provisioned"))
+        .collect();
 
     // What the database holds of each vehicle.
     let mut lost = 0u64;
@@ -442,7 +457,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
     let (mut offered, mut sent, mut acknowledged, mut stored_total, mut undrained) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut coalesced, mut skips, mut dropped, mut recommendations) = (0u64, 0u64, 0u64, 0u64);
-    let mut latencies: Vec<u64> = Vec::new();
+    let mut latencies: Vec<(u64, u64)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     for o in &outcomes {
         let stored = store.messages(&o.name, 0).unwrap();
@@ -454,7 +469,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         skips += o.skips;
         dropped += o.dropped;
         recommendations += o.recommendations;
-        latencies.extend(&o.latencies_us);
+        latencies.extend(o.latencies_us.iter().copied());
         if !o.drained {
             undrained += 1;
         }
@@ -486,15 +501,35 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
             }
         }
     }
-    let (p50, p99, max) = percentiles(&mut latencies);
-    let p999 = latencies
-        .get(((latencies.len().max(1) - 1) as f64 * 0.999).round() as usize)
+    // The advice within 30 s of a disruption, and the rest (steady): the run's own baseline.
+    let near = |t: u64| {
+        disruptions
+            .iter()
+            .any(|&d| t >= d && t < d + DISRUPTION_WINDOW.as_micros() as u64)
+    };
+    let mut steady: Vec<u64> = latencies
+        .iter()
+        .filter(|l| !near(l.0))
+        .map(|l| l.1)
+        .collect();
+    let mut disrupted: Vec<u64> = latencies
+        .iter()
+        .filter(|l| near(l.0))
+        .map(|l| l.1)
+        .collect();
+    let mut all: Vec<u64> = latencies.iter().map(|l| l.1).collect();
+    let (p50, p99, max) = percentiles(&mut all);
+    let p999 = all
+        .get(((all.len().max(1) - 1) as f64 * 0.999).round() as usize)
         .copied()
         .unwrap_or(0);
+    let ms = |v: u64| v as f64 / 1e3;
+    let (s50, s99, smax) = percentiles(&mut steady);
+    let (d50, d99, dmax) = percentiles(&mut disrupted);
     let memory: Vec<serde_json::Value> = hosts
         .iter()
-        .zip(&rss_end)
-        .map(|(h, end)| {
+        .zip(rss_end.iter().zip(&provisioned_end))
+        .map(|(h, (end, provisioned))| {
             json!({
                 "host": h.name,
                 "restarted": killed.is_some_and(|k| hosts[k].name == h.name),
@@ -502,6 +537,8 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
                 "rss_after_warmup_mib": h.rss_baseline_kib.map(|k| k as f64 / 1024.0),
                 "rss_end_mib": end.map(|k| k as f64 / 1024.0),
                 "growth_mib": h.rss_baseline_kib.zip(*end).map(|(a, b)| (b as f64 - a as f64) / 1024.0),
+                "twins_provisioned_at_baseline": h.provisioned_at_baseline,
+                "twins_provisioned_at_end": provisioned,
             })
         })
         .collect();
@@ -524,9 +561,11 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         "log_records_duplicated": logs_duplicated,
         "recommendations": recommendations,
         "advice_latency_ms": {
-            "p50": p50 as f64 / 1e3, "p99": p99 as f64 / 1e3,
-            "p99.9": p999 as f64 / 1e3, "max": max as f64 / 1e3,
+            "p50": ms(p50), "p99": ms(p99), "p99.9": ms(p999), "max": ms(max),
+            "samples": all.len(),
         },
+        "advice_latency_steady_ms": {"p50": ms(s50), "p99": ms(s99), "max": ms(smax), "samples": steady.len()},
+        "advice_latency_within_30s_of_a_disruption_ms": {"p50": ms(d50), "p99": ms(d99), "max": ms(dmax), "samples": disrupted.len()},
         "host_memory": memory,
         "late_world_steps": rt_late_steps,
     });

@@ -1743,8 +1743,10 @@ fn view_document(shared: &Shared, slots: &HashMap<String, Slot>, reply: oneshot:
         }
     }
     tokio::spawn(async move {
+        // One second for all of them together.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         for (vehicle, rx) in waiting {
-            let doc = tokio::time::timeout(Duration::from_secs(1), rx)
+            let doc = tokio::time::timeout_at(deadline, rx)
                 .await
                 .ok()
                 .and_then(|r| r.ok())

@@ -13,13 +13,13 @@
 //! | `twinlink_dr_store_commits_total` | counter | `result` | durable-store transactions |
 //! | `twinlink_dr_store_commit_seconds` | histogram | | duration of a commit (fsync included) |
 //! | `twinlink_dr_store_batch_messages` | histogram | | messages per commit |
-//! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles received |
+//! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles: `received`, `undecodable`, `rate_limited` |
 //! | `twinlink_dr_disclosures_total` | counter | `result` | hazards offered for disclosure: `disclosed` or the consent's reason for not (`no_rule`, `grant_expired`, `revoked`, `audience_unknown`, ...) |
-//! | `twinlink_dr_relay_received_total` | counter | `result` | other twins' disclosures received: `verified` or why refused (`bad_signature`, `unsigned`, `replayed`, `unknown_authority`, `name_mismatch`, ...) |
+//! | `twinlink_dr_relay_received_total` | counter | `result` | other twins' disclosures received: `verified` or why refused (`bad_signature`, `unsigned`, `replayed`, `unknown_authority`, `name_mismatch`, `rate_limited`, ...) |
 //! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |
 //! | `twinlink_dr_relay_delivered_total` | counter | | relayed observations sent to a vehicle |
 //! | `twinlink_dr_census_total` | counter | `result` | census samples: `sent`, or why not (`no_rule`, `revoked`, `stale_state`, `off_route`, ...) |
-//! | `twinlink_dr_queries_received_total` | counter | `result` | other twins' queries for shared data: `verified` (passed to the twins that share) or why refused (`bad_signature`, `replayed`, `unknown_authority`, `name_mismatch`, `oversize`, `overflow`, `busy`, ...) |
+//! | `twinlink_dr_queries_received_total` | counter | `result` | other twins' queries for shared data: `verified` (passed to the twins that share) or why refused (`bad_signature`, `replayed`, `unknown_authority`, `name_mismatch`, `oversize`, `overflow`, `rate_limited`, `busy`, ...) |
 //! | `twinlink_dr_queries_sent_total` | counter | `result` | the host's queries for hazards ahead of its fetching twins: `sent`, `failed`, `signing_failed` |
 //! | `twinlink_dr_query_replies_total` | counter | `result` | replies to the host's queries: `received` (then verified like any disclosure), `error` |
 
