@@ -32,7 +32,7 @@ use twinlink_link::ZenohSettings;
 use twinlink_link::{keys, KeyMaterial, Link, LinkConfig, LinkEvent, Priority, Role, VehicleId};
 use twinlink_msgs::geometry_msgs::msg::Point;
 use twinlink_msgs::twin_msgs::msg::{
-    Incident, Recommendation, SharedObservation, SharingPolicy, VehicleState,
+    Incident, Recommendation, RegionalTraffic, SharedObservation, SharingPolicy, VehicleState,
 };
 use twinlink_share::keyfile::{self, TrustAnchor};
 use twinlink_share::{seal, FleetAuthority, KeyPair, PseudonymIssuer};
@@ -421,6 +421,32 @@ fn trust_zone_outside_messages_pass_the_gate_before_they_reach_the_vehicle() {
         "{limited} rate-limited, {malformed} malformed"
     );
     advised(&rt, &mut link, "veh-t1", 110.0);
+
+    // A put on a wildcard expression matching the host's tiles, and a regional tile
+    // published under another tile's key: refused and counted.
+    let mut wrong_tile = RegionalTraffic::default();
+    wrong_tile.tile_id = "0_0".into();
+    rt.block_on(async {
+        outsider
+            .put("twinlink/v1/share/*/1_0", b"wildcard".to_vec())
+            .await
+            .unwrap();
+        outsider
+            .put(
+                "twinlink/v1/region/5_0/traffic",
+                twinlink_msgs::codec::encode(&wrong_tile).unwrap(),
+            )
+            .await
+            .unwrap();
+    });
+    wait_for(
+        "the wildcard and the misnamed tile refused",
+        Duration::from_secs(10),
+        || {
+            metric(&admin, "twinlink_dr_relay_received_total", "bad_key") == 1.0
+                && metric(&admin, "twinlink_dr_regional_tiles_total", "name_mismatch") == 1.0
+        },
+    );
 
     // A genuine disclosure of the fleet passes (once the key's rate allows it), is
     // verified and reaches the vehicle over the private link.

@@ -17,8 +17,12 @@
 //!
 //! Reported (stdout and `target/soak/report.json`): messages offered, sent and
 //! acknowledged, lost (acknowledged but not in the database: must be 0), each log record
-//! stored exactly once, summary-to-advice latency percentiles, and each host's resident
-//! memory after the warm-up and at the end. `TWINLINK_SOAK_SECONDS` shortens or lengthens
+//! stored exactly once, summary-to-advice latency percentiles (each advice paired with the
+//! newest summary the vehicle sent before the twin made it: while a link is down the
+//! vehicle's summaries queue, so this understates how old the summary the twin used was),
+//! the gaps between advices a vehicle received (what a disruption costs a vehicle), both
+//! in steady times and within 30 s after a disruption (a kill, a restart), and each host's
+//! resident memory after the warm-up and at the end. `TWINLINK_SOAK_SECONDS` shortens or lengthens
 //! the run (default 600).
 
 // Messages are built field by field from their defaults, as ROS users write them.
@@ -195,6 +199,9 @@ struct Outcome {
     drained: bool,
     /// (arrival [µs since the epoch], summary-to-advice latency [µs]) of each advice.
     latencies_us: Vec<(u64, u64)>,
+    /// (arrival [µs since the epoch], time since the previous advice [µs]) of each advice
+    /// but the first: how long the vehicle went without fresh advice.
+    gaps_us: Vec<(u64, u64)>,
     recommendations: u64,
 }
 
@@ -220,6 +227,7 @@ async fn drive(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut sent_at: VecDeque<u64> = VecDeque::new();
     let mut ticks = 0u64;
+    let mut last_advice: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -263,6 +271,9 @@ async fn drive(
                     let arrived = now_us();
                     let Ok(r) = from_link::<Recommendation>(&d.message) else { continue };
                     out.recommendations += 1;
+                    if let Some(last) = last_advice.replace(arrived) {
+                        out.gaps_us.push((arrived, arrived.saturating_sub(last)));
+                    }
                     let made = time_us(&r.header.stamp);
                     // The summary it answers: the newest sent before the twin made it.
                     if let Some(&s) = sent_at.iter().rev().find(|&&s| s <= made) {
@@ -424,6 +435,8 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
             if hosts[victim].process.is_none() && t >= restart_host_at {
                 let (name, connect) = (hosts[victim].name.clone(), hosts[victim].connect.clone());
                 hosts[victim] = start_host(&dir, &name, &db.url, &connect);
+                // Its return moves shards back: a disruption too.
+                disruptions.push(now_us());
                 events.push(format!("{t:.0} s: {name} restarted"));
             }
         }
@@ -458,6 +471,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut coalesced, mut skips, mut dropped, mut recommendations) = (0u64, 0u64, 0u64, 0u64);
     let mut latencies: Vec<(u64, u64)> = Vec::new();
+    let mut gaps: Vec<(u64, u64)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     for o in &outcomes {
         let stored = store.messages(&o.name, 0).unwrap();
@@ -470,6 +484,7 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         dropped += o.dropped;
         recommendations += o.recommendations;
         latencies.extend(o.latencies_us.iter().copied());
+        gaps.extend(o.gaps_us.iter().copied());
         if !o.drained {
             undrained += 1;
         }
@@ -526,6 +541,11 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
     let ms = |v: u64| v as f64 / 1e3;
     let (s50, s99, smax) = percentiles(&mut steady);
     let (d50, d99, dmax) = percentiles(&mut disrupted);
+    // How long vehicles went without advice, ending in steady times or after disruptions.
+    let mut steady_gaps: Vec<u64> = gaps.iter().filter(|g| !near(g.0)).map(|g| g.1).collect();
+    let mut disrupted_gaps: Vec<u64> = gaps.iter().filter(|g| near(g.0)).map(|g| g.1).collect();
+    let (_, sg99, sgmax) = percentiles(&mut steady_gaps);
+    let (_, dg99, dgmax) = percentiles(&mut disrupted_gaps);
     let memory: Vec<serde_json::Value> = hosts
         .iter()
         .zip(rss_end.iter().zip(&provisioned_end))
@@ -566,6 +586,8 @@ fn the_fleet_under_the_demo_scenario_for_ten_minutes() {
         },
         "advice_latency_steady_ms": {"p50": ms(s50), "p99": ms(s99), "max": ms(smax), "samples": steady.len()},
         "advice_latency_within_30s_of_a_disruption_ms": {"p50": ms(d50), "p99": ms(d99), "max": ms(dmax), "samples": disrupted.len()},
+        "advice_gap_steady_ms": {"p99": ms(sg99), "max": ms(sgmax)},
+        "advice_gap_within_30s_of_a_disruption_ms": {"p99": ms(dg99), "max": ms(dgmax)},
         "host_memory": memory,
         "late_world_steps": rt_late_steps,
     });

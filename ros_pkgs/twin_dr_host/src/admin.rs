@@ -524,13 +524,29 @@ async fn view_script() -> Response {
 /// The metrics the fleet view shows of a host, from its Prometheus text.
 pub fn key_metrics(text: &str) -> Value {
     let mut sums: HashMap<&str, f64> = HashMap::new();
+    // Inputs refused anywhere: the twins' own refusals, and other twins' disclosures and
+    // queries and regional tiles refused (by the gate or their checks).
+    let mut refused = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
         let name = series.split('{').next().unwrap_or(series);
-        if let Ok(v) = value.parse::<f64>() {
-            *sums.entry(name).or_default() += v;
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        *sums.entry(name).or_default() += v;
+        let accepted =
+            series.contains("result=\"verified\"") || series.contains("result=\"received\"");
+        if name == "twinlink_dr_rejected_total"
+            || (matches!(
+                name,
+                "twinlink_dr_relay_received_total"
+                    | "twinlink_dr_queries_received_total"
+                    | "twinlink_dr_regional_tiles_total"
+            ) && !accepted)
+        {
+            refused += v;
         }
     }
     let get = |n: &str| sums.get(n).copied().unwrap_or(0.0);
@@ -541,7 +557,7 @@ pub fn key_metrics(text: &str) -> Value {
         "owned_shards": get("twinlink_dr_owned_shards"),
         "messages_total": get("twinlink_dr_messages_total"),
         "recommendations_total": get("twinlink_dr_recommendations_total"),
-        "rejected_total": get("twinlink_dr_rejected_total"),
+        "rejected_total": refused,
         "mean_latency_ms": (count > 0.0).then(|| 1e3 * get("twinlink_dr_latency_seconds_sum") / count),
     })
 }
@@ -573,9 +589,10 @@ async fn view_data(
         return json(&local);
     }
     // In a fleet, every other live host's part too (asked with the caller's token).
-    let fleet = match s.ask(AdminRequest::Fleet).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return refused(e),
+    // The fleet's database unreadable: this host's part, saying so.
+    let (fleet, fleet_error) = match s.ask(AdminRequest::Fleet).await {
+        Ok(Ok(v)) => (v, None),
+        Ok(Err(e)) => (Value::Null, Some(e.message)),
         Err(r) => return r,
     };
     let this = local["host"].as_str().map(str::to_string);
@@ -613,8 +630,12 @@ async fn view_data(
                 None,
                 Duration::from_secs(1),
             );
+            // Only an answer from the host asked for counts (a recorded address may now
+            // belong to another host, or to this one).
             let part = match answer {
-                Ok((200, body, _)) => serde_json::from_str::<Value>(&body).ok(),
+                Ok((200, body, _)) => serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .filter(|p| p["host"].as_str() == Some(h.name.as_str())),
                 _ => None,
             };
             (h, part)
@@ -654,6 +675,7 @@ async fn view_data(
         "road": local["road"].clone(),
         "hosts": hosts,
         "twins": twins,
+        "fleet_error": fleet_error,
     }))
 }
 
@@ -1066,10 +1088,11 @@ mod tests {
     #[test]
     fn key_metrics_sum_labelled_series_and_average_the_latency() {
         let m = key_metrics(
-            "# HELP x\ntwinlink_dr_active 3\ntwinlink_dr_messages_total{type=\"a\"} 5\ntwinlink_dr_messages_total{type=\"b\"} 7\ntwinlink_dr_latency_seconds_sum 0.02\ntwinlink_dr_latency_seconds_count 4\n",
+            "# HELP x\ntwinlink_dr_active 3\ntwinlink_dr_messages_total{type=\"a\"} 5\ntwinlink_dr_messages_total{type=\"b\"} 7\ntwinlink_dr_latency_seconds_sum 0.02\ntwinlink_dr_latency_seconds_count 4\ntwinlink_dr_rejected_total{reason=\"x\"} 1\ntwinlink_dr_relay_received_total{result=\"verified\"} 9\ntwinlink_dr_relay_received_total{result=\"rate_limited\"} 2\ntwinlink_dr_regional_tiles_total{result=\"received\"} 4\ntwinlink_dr_regional_tiles_total{result=\"name_mismatch\"} 3\n",
         );
         assert_eq!(m["active"], 3.0);
         assert_eq!(m["messages_total"], 12.0);
+        assert_eq!(m["rejected_total"], 6.0);
         assert!((m["mean_latency_ms"].as_f64().unwrap() - 5.0).abs() < 1e-9);
         assert_eq!(key_metrics("")["mean_latency_ms"], Value::Null);
     }

@@ -255,6 +255,8 @@ struct Shared {
     fetch: std::sync::Mutex<HashMap<Arc<str>, Vec<TileName>>>,
     /// Queries being answered by this host's twins now.
     queries_open: Arc<AtomicUsize>,
+    /// Rate limits of the outside inputs.
+    gate: Arc<crate::gate::Gate>,
 }
 
 /// Runs a host until `shutdown` resolves. Reports the admin endpoint's address through
@@ -323,10 +325,27 @@ pub async fn run(
     // arrives for a dormant twin is reported here, so that the host wakes it.
     let hub = LinkHub::declare(link_session.clone(), Role::Dr).await?;
     let mut hub_events = hub.watch();
-    let regional = session
-        .declare_subscriber(keys::any_region(REGION_TRAFFIC)?)
-        .await
-        .map_err(|e| z("regional subscriber", e))?;
+    // Regional tiles pass the gate in Zenoh's callback, before they wait for the host's
+    // loop in a bounded queue (a flood never blocks the session's receiving thread).
+    let (regional_tx, mut regional_rx) = mpsc::channel::<(String, Vec<u8>)>(REGIONAL_QUEUE);
+    let _regional = {
+        let (gate, m) = (gate.clone(), metrics.clone());
+        session
+            .declare_subscriber(keys::any_region(REGION_TRAFFIC)?)
+            .callback(move |sample| {
+                let key = sample.key_expr().as_str();
+                if let Err(reason) = gate.admit(crate::gate::Inbound::Regional, key) {
+                    HostMetrics::count(&m.regional, "result", reason);
+                } else if regional_tx
+                    .try_send((key.to_string(), sample.payload().to_bytes().to_vec()))
+                    .is_err()
+                {
+                    HostMetrics::count(&m.regional, "result", "overflow");
+                }
+            })
+            .await
+            .map_err(|e| z("regional subscriber", e))?
+    };
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let admin_addr = match config.admin {
         Some(addr) => Some(
@@ -361,8 +380,9 @@ pub async fn run(
             let subscriber = session
                 .declare_subscriber(key)
                 .callback(move |sample| {
-                    if !gate.admit(crate::gate::Inbound::Disclosure, sample.key_expr().as_str()) {
-                        HostMetrics::count(&m.relay_received, "result", "rate_limited");
+                    let key = sample.key_expr().as_str();
+                    if let Err(reason) = gate.admit(crate::gate::Inbound::Disclosure, key) {
+                        HostMetrics::count(&m.relay_received, "result", reason);
                         return;
                     }
                     enqueue_disclosure(
@@ -386,8 +406,10 @@ pub async fn run(
                 .declare_queryable(keys::any_share(SHARE_CATEGORY)?)
                 .callback(move |query| {
                     let len = query.payload().map_or(0, |p| p.len());
-                    if !gate.admit(crate::gate::Inbound::Query, query.key_expr().as_str()) {
-                        HostMetrics::count(&m.queries_received, "result", "rate_limited");
+                    if let Err(reason) =
+                        gate.admit(crate::gate::Inbound::Query, query.key_expr().as_str())
+                    {
+                        HostMetrics::count(&m.queries_received, "result", reason);
                     } else if len > twinlink_share::disclosure::MAX_QUERY_BYTES {
                         HostMetrics::count(&m.queries_received, "result", "oversize");
                     } else if tx.try_send(query).is_err() {
@@ -412,6 +434,7 @@ pub async fn run(
         metrics: metrics.clone(),
         fetch: std::sync::Mutex::new(HashMap::new()),
         queries_open: Arc::new(AtomicUsize::new(0)),
+        gate: gate.clone(),
     });
     let mut fetching = Fetching::new(relay_tx.clone(), relay_queued.clone());
     let mut slots: HashMap<String, Slot> = HashMap::new();
@@ -452,6 +475,7 @@ pub async fn run(
                 if let Some(verifier) = verifier.as_mut() {
                     verifier.purge(now_us());
                 }
+                shared.gate.forget_idle_keys();
             }
             _ = fetch_tick.tick() => fetching.query_due(&shared),
             Some(query) = query_rx.recv() => {
@@ -482,13 +506,9 @@ pub async fn run(
                     }
                 }
             }
-            sample = regional.recv_async() => {
-                let Ok(sample) = sample else { break };
-                if !gate.admit(crate::gate::Inbound::Regional, sample.key_expr().as_str()) {
-                    HostMetrics::count(&shared.metrics.regional, "result", "rate_limited");
-                    continue;
-                }
-                apply_regional(&shared, &mut slots, &sample.payload().to_bytes());
+            tile = regional_rx.recv() => {
+                let Some((key, payload)) = tile else { break };
+                apply_regional(&shared, &mut slots, &key, &payload);
             }
             request = admin_rx.recv() => {
                 match request {
@@ -1024,7 +1044,7 @@ fn activate(
     task_vehicle.insert(handle.id(), vehicle.to_string());
 }
 
-fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, payload: &[u8]) {
+fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, key: &str, payload: &[u8]) {
     let tile: RegionalTraffic = match twinlink_msgs::codec::decode(payload) {
         Ok(t) => t,
         Err(e) => {
@@ -1038,6 +1058,15 @@ fn apply_regional(shared: &Shared, slots: &mut HashMap<String, Slot>, payload: &
             return;
         }
     };
+    // The tile it names must be the one it was published for.
+    let keyed = key
+        .strip_prefix("twinlink/v1/region/")
+        .and_then(|rest| rest.split('/').next());
+    if keyed != Some(tile.tile_id.as_str()) {
+        HostMetrics::count(&shared.metrics.regional, "result", "name_mismatch");
+        shared.metrics.reject("invalid_regional");
+        return;
+    }
     shared
         .metrics
         .regional
@@ -1086,6 +1115,10 @@ fn enqueue_disclosure(
 
 /// How often a tile that a fetching twin wants is asked again.
 const QUERY_PERIOD: Duration = Duration::from_secs(5);
+/// Replies to one query taken at most (more are counted as `too_many` and dropped).
+const MAX_REPLIES_PER_QUERY: usize = 32;
+/// Regional tiles waiting for the host's loop at most (more are counted as `overflow`).
+const REGIONAL_QUEUE: usize = 1024;
 /// How long the host waits for the replies to one query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an active twin tells the host which tiles it wants.
@@ -1203,9 +1236,23 @@ impl Fetching {
                     }
                 };
                 HostMetrics::count(&m.queries_sent, "result", "sent");
+                let mut taken = 0;
                 while let Ok(reply) = replies.recv_async().await {
                     match reply.result() {
                         Ok(sample) => {
+                            // Any queryable may answer: at most so many replies per query,
+                            // and replies pass the gate like publications.
+                            if taken >= MAX_REPLIES_PER_QUERY {
+                                HostMetrics::count(&m.query_replies, "result", "too_many");
+                                continue;
+                            }
+                            let key = sample.key_expr().as_str();
+                            if let Err(reason) = shared.gate.admit(crate::gate::Inbound::Reply, key)
+                            {
+                                HostMetrics::count(&m.query_replies, "result", reason);
+                                continue;
+                            }
+                            taken += 1;
                             HostMetrics::count(&m.query_replies, "result", "received");
                             enqueue_disclosure(
                                 &tx,

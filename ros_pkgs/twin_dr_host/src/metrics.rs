@@ -13,7 +13,7 @@
 //! | `twinlink_dr_store_commits_total` | counter | `result` | durable-store transactions |
 //! | `twinlink_dr_store_commit_seconds` | histogram | | duration of a commit (fsync included) |
 //! | `twinlink_dr_store_batch_messages` | histogram | | messages per commit |
-//! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles: `received`, `undecodable`, `rate_limited` |
+//! | `twinlink_dr_regional_tiles_total` | counter | `result` | regional tiles: `received`, `undecodable`, `name_mismatch`, `bad_key`, `rate_limited`, `overflow` |
 //! | `twinlink_dr_disclosures_total` | counter | `result` | hazards offered for disclosure: `disclosed` or the consent's reason for not (`no_rule`, `grant_expired`, `revoked`, `audience_unknown`, ...) |
 //! | `twinlink_dr_relay_received_total` | counter | `result` | other twins' disclosures received: `verified` or why refused (`bad_signature`, `unsigned`, `replayed`, `unknown_authority`, `name_mismatch`, `rate_limited`, ...) |
 //! | `twinlink_dr_relay_ignored_total` | counter | `reason` | verified disclosures a twin did not take (`fetch_not_allowed`, `own`, `off_route`, ...) |

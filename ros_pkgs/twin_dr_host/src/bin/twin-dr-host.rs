@@ -124,6 +124,10 @@ struct Args {
     /// Outside inputs a key may send at once above its rate.
     #[arg(long, default_value_t = twin_dr_host::gate::DEFAULT_BURST)]
     outside_burst: u32,
+    /// Outside inputs per second of one kind, all keys together (so that inventing keys
+    /// does not multiply the allowance).
+    #[arg(long, default_value_t = twin_dr_host::gate::DEFAULT_TOTAL_HZ)]
+    outside_total_hz: u32,
     /// Resilience testing only: a message on this stream makes its twin's task panic.
     #[arg(long, hide = true)]
     chaos_panic_on_stream: Option<String>,
@@ -292,8 +296,11 @@ fn config(args: &Args) -> anyhow::Result<HostConfig> {
             let gate = twin_dr_host::gate::GateConfig {
                 rate_hz: args.outside_rate_hz,
                 burst: args.outside_burst,
+                total_hz: args.outside_total_hz,
             };
-            gate.check().map_err(|e| anyhow::anyhow!("--outside-rate-hz/--outside-burst: {e}"))?;
+            gate.check().map_err(|e| {
+                anyhow::anyhow!("--outside-rate-hz/--outside-burst/--outside-total-hz: {e}")
+            })?;
             gate
         },
         share: match &args.issuer_key {

@@ -156,6 +156,7 @@ function show(data) {
   const banner = document.getElementById("banner");
   banner.className = "";
   banner.textContent = "";
+  if (data.fleet_error) fail("The fleet's database cannot be read (" + data.fleet_error + "): this host's twins only.");
   updates += 1;
   document.body.dataset.updates = String(updates);
 }
