@@ -23,8 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, work_dir};
-use twin_dr_host::admin;
+use common::{free_port, provision, wait_for, work_dir};
 use twinlink_launch::{workspace_binary, workspace_root, Supervised};
 use twinlink_link::link::{now_us, zenoh_config};
 use twinlink_link::minimal::{from_link, ros_time, to_link};
@@ -100,13 +99,7 @@ fn host_files(dir: &Path, vehicles: &[&str]) -> Vec<(&'static str, String)> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     for v in vehicles {
-        let status = Command::new(workspace_binary("twinctl").unwrap())
-            .args(["provision", v, "--out"])
-            .arg(&keys)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        provision(&keys, v);
     }
     std::fs::write(dir.join("tokens"), format!("operator ops {TOKEN}\n")).unwrap();
     vec![
@@ -122,14 +115,6 @@ fn start(dir: &Path, name: &str, mut c: Command) -> Supervised {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
     Supervised::spawn(name, c).unwrap()
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn wait_port(endpoint: &str) {
@@ -171,11 +156,19 @@ fn vehicle(rt: &tokio::runtime::Runtime, dir: &Path, name: &str, zenoh: ZenohSet
     link
 }
 
-/// Sends states until a recommendation arrives (within 10 s); returns it.
-fn advised(rt: &tokio::runtime::Runtime, link: &mut Link, name: &str, x: f64) -> Recommendation {
+/// Sends the vehicle's state every 200 ms until `pick` takes a message it receives
+/// (within 10 s, else the test fails saying `what`); returns what it took.
+fn sending_until<T>(
+    rt: &tokio::runtime::Runtime,
+    link: &mut Link,
+    name: &str,
+    x: f64,
+    what: &str,
+    mut pick: impl FnMut(&twinlink_link::Message) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(Instant::now() < deadline, "{name} got no advice");
+        assert!(Instant::now() < deadline, "{what}");
         link.send(to_link(
             "state",
             Priority::OwnState,
@@ -187,8 +180,8 @@ fn advised(rt: &tokio::runtime::Runtime, link: &mut Link, name: &str, x: f64) ->
             tokio::time::timeout(Duration::from_millis(200), async {
                 while let Some(e) = link.recv().await {
                     if let LinkEvent::Message(d) = e {
-                        if let Ok(r) = from_link::<Recommendation>(&d.message) {
-                            return Some(r);
+                        if let Some(t) = pick(&d.message) {
+                            return Some(t);
                         }
                     }
                 }
@@ -196,28 +189,22 @@ fn advised(rt: &tokio::runtime::Runtime, link: &mut Link, name: &str, x: f64) ->
             })
             .await
         });
-        if let Ok(Some(r)) = got {
-            return r;
+        if let Ok(Some(t)) = got {
+            return t;
         }
     }
 }
 
+/// Sends states until a recommendation arrives (within 10 s); returns it.
+fn advised(rt: &tokio::runtime::Runtime, link: &mut Link, name: &str, x: f64) -> Recommendation {
+    sending_until(rt, link, name, x, &format!("{name} got no advice"), |m| {
+        from_link::<Recommendation>(m).ok()
+    })
+}
+
 /// The sum of a metric's series whose labels contain `labels` (0 when it has none).
 fn metric(admin: &str, name: &str, labels: &str) -> f64 {
-    let Ok((_, text)) = admin::request(
-        "GET",
-        admin,
-        "/metrics",
-        Some(TOKEN),
-        None,
-        Duration::from_secs(2),
-    ) else {
-        return 0.0;
-    };
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric(admin, TOKEN, name, labels)
 }
 
 fn stop(mut p: Supervised) {
@@ -452,36 +439,18 @@ fn trust_zone_outside_messages_pass_the_gate_before_they_reach_the_vehicle() {
     // verified and reaches the vehicle over the private link.
     std::thread::sleep(Duration::from_secs(3));
     rt.block_on(async { outsider.put(&share_key, genuine.clone()).await.unwrap() });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let relayed = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the genuine disclosure did not reach the vehicle"
-        );
-        link.send(to_link(
-            "state",
-            Priority::OwnState,
-            &state("veh-t1", 120.0),
-            now_us(),
-        ))
-        .unwrap();
-        let got = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(200), async {
-                while let Some(e) = link.recv().await {
-                    if let LinkEvent::Message(d) = e {
-                        if d.message.stream == "relayed" {
-                            return from_link::<SharedObservation>(&d.message).ok();
-                        }
-                    }
-                }
-                None
-            })
-            .await
-        });
-        if let Ok(Some(o)) = got {
-            break o;
-        }
-    };
+    let relayed = sending_until(
+        &rt,
+        &mut link,
+        "veh-t1",
+        120.0,
+        "the genuine disclosure did not reach the vehicle",
+        |m| {
+            (m.stream == "relayed")
+                .then(|| from_link::<SharedObservation>(m).ok())
+                .flatten()
+        },
+    );
     assert_eq!(relayed.hazards.len(), 1);
     assert!((relayed.hazards[0].position.x - 1500.0).abs() < 20.0);
     assert_eq!(

@@ -8,11 +8,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, start_router, work_dir, Postgres};
-use twin_dr_host::admin;
+use common::{free_port, provision, start_router, wait_for, work_dir, Postgres};
 use twin_dr_host::audit;
 use twin_dr_host::fleet::SharedStore;
 use twinlink_launch::{workspace_binary, Supervised};
@@ -24,16 +23,6 @@ use twinlink_msgs::twin_msgs::msg::VehicleState;
 const SHARDS: &str = "8";
 const OPERATOR_TOKEN: &str = "fleet-operator-token-0123456789";
 
-fn provision(keys: &Path, vehicle: &str) {
-    let status = Command::new(workspace_binary("twinctl").unwrap())
-        .args(["provision", vehicle, "--out"])
-        .arg(keys)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 struct Host {
     name: String,
     admin: String,
@@ -41,52 +30,15 @@ struct Host {
 }
 
 fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut c = Command::new(workspace_binary("twin-dr-host").unwrap());
-    c.arg("--keys")
-        .arg(dir.join("keys"))
-        .arg("--data-dir")
-        .arg(dir.join(format!("data-{name}")))
-        .arg("--audit-dir")
-        .arg(dir.join("audit"))
-        .arg("--admin-tokens")
-        .arg(dir.join("tokens"))
-        .args([
-            "--fleet-db",
-            db,
-            "--host-name",
-            name,
-            "--shards",
-            SHARDS,
-            "--admin",
-            &admin,
-            "--rescan-ms",
-            "200",
-            "--census-window-s",
-            "0",
-            "--mode",
-            "client",
-            "--connect",
-            router,
-        ])
-        .env("RUST_LOG", "info,zenoh=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
-    let process = Supervised::spawn(name, c).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin::request(
-        "GET",
-        &admin,
-        "/metrics",
-        Some(OPERATOR_TOKEN),
-        None,
-        Duration::from_secs(1),
-    )
-    .is_err()
-    {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (admin, process) = common::start_fleet_host(
+        dir,
+        name,
+        db,
+        SHARDS,
+        &[router.to_string()],
+        OPERATOR_TOKEN,
+        &["--rescan-ms", "200"],
+    );
     Host {
         name: name.into(),
         admin,
@@ -96,20 +48,7 @@ fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> Host {
 
 impl Host {
     fn metric(&self, name: &str) -> f64 {
-        let Ok((_, text)) = admin::request(
-            "GET",
-            &self.admin,
-            "/metrics",
-            Some(OPERATOR_TOKEN),
-            None,
-            Duration::from_secs(2),
-        ) else {
-            return 0.0;
-        };
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        common::metric(&self.admin, OPERATOR_TOKEN, name, "")
     }
 }
 
@@ -123,14 +62,6 @@ fn twinctl(args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn state(vehicle: &str, t_us: u64, x: f64) -> VehicleState {

@@ -13,9 +13,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, start_router, work_dir, Postgres};
+use common::{free_port, provision, start_router, wait_for, work_dir, Postgres};
 use twin_dr_host::admin;
 use twin_dr_host::road::{RoadSpec, SpeedLimit};
 use twinlink_launch::{workspace_binary, Supervised};
@@ -40,67 +40,24 @@ fn twinctl(args: &[&str]) -> (bool, String) {
 }
 
 fn start_host(dir: &Path, name: &str, db: &str, router: &str) -> (String, Supervised) {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut c = Command::new(workspace_binary("twin-dr-host").unwrap());
-    c.arg("--keys")
-        .arg(dir.join("keys"))
-        .arg("--data-dir")
-        .arg(dir.join(format!("data-{name}")))
-        .arg("--audit-dir")
-        .arg(dir.join("audit"))
-        .arg("--admin-tokens")
-        .arg(dir.join("tokens"))
-        .arg("--road")
-        .arg(dir.join("road.json"))
-        .args([
-            "--fleet-db",
-            db,
-            "--host-name",
-            name,
-            "--shards",
-            "4",
-            "--admin",
-            &admin,
+    let road = dir.join("road.json").display().to_string();
+    common::start_fleet_host(
+        dir,
+        name,
+        db,
+        "4",
+        &[router.to_string()],
+        VIEWER_TOKEN,
+        &[
+            "--road",
+            &road,
             "--rescan-ms",
             "200",
-            "--census-window-s",
-            "0",
             // The away vehicle's twin stays active (predicting) for the whole test.
             "--idle-after-s",
             "600",
-            "--mode",
-            "client",
-            "--connect",
-            router,
-        ])
-        .env("RUST_LOG", "info,zenoh=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
-    let process = Supervised::spawn(name, c).unwrap();
-    wait_for(
-        &format!("{name} to answer"),
-        Duration::from_secs(20),
-        || {
-            admin::request(
-                "GET",
-                &admin,
-                "/metrics",
-                Some(VIEWER_TOKEN),
-                None,
-                Duration::from_secs(1),
-            )
-            .is_ok()
-        },
-    );
-    (admin, process)
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ],
+    )
 }
 
 fn state(vehicle: &str, x: f64, lane: i32) -> VehicleState {
@@ -257,13 +214,7 @@ fn the_fleet_view_shows_the_vehicles_their_links_and_advice_live_in_a_browser() 
     shards.sort_unstable();
     assert_eq!(shards, [0, 1, 2, 3]);
     for (v, _, _) in &vehicles {
-        let status = Command::new(workspace_binary("twinctl").unwrap())
-            .args(["provision", v, "--out"])
-            .arg(dir.join("keys"))
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        provision(&dir.join("keys"), v);
     }
     let db = Postgres::start("view");
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());

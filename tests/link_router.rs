@@ -12,21 +12,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, start_router, work_dir};
+use common::{free_port, provision, start_router, work_dir};
 use serde_json::Value;
 use twinlink_launch::{workspace_binary, Supervised};
 use twinlink_link::link::zenoh_config;
 use twinlink_link::{TwinKeys, VehicleId};
-
-fn provision(dir: &Path, vehicle: &str) {
-    let status = Command::new(workspace_binary("twinctl").unwrap())
-        .args(["provision", vehicle, "--out"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 fn end(
     dir: &Path,

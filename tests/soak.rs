@@ -32,7 +32,6 @@ mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,9 +39,8 @@ use common::{free_port, start_router, work_dir, Postgres};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-use twin_dr_host::admin;
 use twin_dr_host::fleet::SharedStore;
-use twinlink_launch::{workspace_binary, workspace_root, Supervised};
+use twinlink_launch::{workspace_root, Supervised};
 use twinlink_link::cli::percentiles;
 use twinlink_link::link::{now_us, zenoh_config};
 use twinlink_link::minimal::{from_link, ros_time, time_us, to_link};
@@ -76,65 +74,25 @@ struct Host {
 }
 
 fn start_host(dir: &Path, name: &str, db: &str, connect: &[String]) -> Host {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut c = Command::new(workspace_binary("twin-dr-host").unwrap());
-    c.arg("--keys")
-        .arg(dir.join("keys"))
-        .arg("--data-dir")
-        .arg(dir.join(format!("data-{name}")))
-        .arg("--audit-dir")
-        .arg(dir.join("audit"))
-        .arg("--admin-tokens")
-        .arg(dir.join("tokens"))
-        .arg("--road")
-        .arg(dir.join("road.json"))
-        .args([
-            "--fleet-db",
-            db,
-            "--host-name",
-            name,
-            "--shards",
-            SHARDS,
-            "--admin",
-            &admin,
+    let road = dir.join("road.json").display().to_string();
+    let (admin, process) = common::start_fleet_host(
+        dir,
+        name,
+        db,
+        SHARDS,
+        connect,
+        TOKEN,
+        &[
+            "--road",
+            &road,
             "--rescan-ms",
             "500",
             "--idle-after-s",
             "10",
             "--retention",
             "100000000",
-            "--census-window-s",
-            "0",
-            "--mode",
-            "client",
-        ]);
-    for ep in connect {
-        c.args(["--connect", ep]);
-    }
-    c.env("RUST_LOG", "info,zenoh=warn")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("{name}.log")))
-                .unwrap(),
-        );
-    let process = Supervised::spawn(name, c).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while admin::request(
-        "GET",
-        &admin,
-        "/metrics",
-        Some(TOKEN),
-        None,
-        Duration::from_secs(1),
-    )
-    .is_err()
-    {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ],
+    );
     Host {
         name: name.into(),
         admin,
@@ -147,22 +105,9 @@ fn start_host(dir: &Path, name: &str, db: &str, connect: &[String]) -> Host {
 }
 
 impl Host {
-    /// A gauge or counter without labels (0 when the host does not answer).
+    /// A gauge or counter (0 when the host does not answer).
     fn metric(&self, name: &str) -> f64 {
-        let Ok((_, text)) = admin::request(
-            "GET",
-            &self.admin,
-            "/metrics",
-            Some(TOKEN),
-            None,
-            Duration::from_secs(2),
-        ) else {
-            return 0.0;
-        };
-        text.lines()
-            .filter(|l| l.split(' ').next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        common::metric(&self.admin, TOKEN, name, "")
     }
 
     fn rss_kib(&self) -> Option<u64> {

@@ -615,9 +615,13 @@ async fn view_data(
     let mut asks = Vec::new();
     for h in others {
         if Some(&h.name) == this.as_ref() || !h.live {
-            hosts.push(serde_json::json!({"name": h.name, "admin": h.admin, "live": h.live,
-                "draining": h.draining, "shards": h.shards, "reachable": h.live,
-                "metrics": if Some(&h.name) == this.as_ref() { local["metrics"].clone() } else { Value::Null }}));
+            let metrics = if Some(&h.name) == this.as_ref() {
+                local["metrics"].clone()
+            } else {
+                Value::Null
+            };
+            let reachable = h.live;
+            hosts.push(view_host(&h, reachable, metrics));
             continue;
         }
         let token = token.clone();
@@ -651,8 +655,7 @@ async fn view_data(
         if let Some(Value::Array(more)) = part.map(|p| p["twins"].clone()) {
             twins.extend(more);
         }
-        hosts.push(serde_json::json!({"name": h.name, "admin": h.admin, "live": h.live,
-            "draining": h.draining, "shards": h.shards, "reachable": reachable, "metrics": metrics}));
+        hosts.push(view_host(&h, reachable, metrics));
     }
     if hosts.is_empty() {
         hosts.push(
@@ -677,6 +680,12 @@ async fn view_data(
         "twins": twins,
         "fleet_error": fleet_error,
     }))
+}
+
+/// One host as the fleet view lists it.
+fn view_host(h: &crate::fleet::FleetHost, reachable: bool, metrics: Value) -> Value {
+    serde_json::json!({"name": h.name, "admin": h.admin, "live": h.live, "draining": h.draining,
+        "shards": h.shards, "reachable": reachable, "metrics": metrics})
 }
 
 fn refused(e: AdminError) -> Response {
